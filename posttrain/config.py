@@ -1,0 +1,271 @@
+"""Typed run configuration: YAML files mapped onto dataclasses, with `key=value` overrides.
+
+Every stage's config is a tree of dataclasses. `load_config(Cls, path, overrides)` reads the YAML,
+applies dotted overrides (`trainer.num_workers=2`), and converts the result field by field, so an
+unknown key, a wrong type or a missing required value fails at once with the dotted key, the file,
+and the closest valid key — before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, missing or of the wrong type."""
+
+
+REQUIRED: Any = dataclasses.MISSING  # a field with no default must be set by the YAML or an override
+
+
+# --------------------------------------------------------------------------------------------------
+# The sections shared by every stage
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    path: str = REQUIRED  # local directory or hub id
+    # A known architecture (posttrain.models.architectures) the model is expected to have, so the
+    # config can be planned and checked on the meta device without the weights. "" = none.
+    architecture: str = ""
+    # When `path` does not exist and this is set, `posttrain tiny` builds the tiny offline suite
+    # into `path`'s parent directory first (the CPU default needs no hub).
+    build_tiny_if_missing: bool = False
+    tiny_seed: int = 0
+    dtype: str = "float32"  # float32 | bfloat16 — the dtype of the trained weights
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False  # off unless a config turns it on
+
+
+@dataclass
+class DataConfig:
+    mixture: str = REQUIRED  # data_mixtures/*.yaml
+    max_seq_len: int = 512  # tokens per example (prompt + response)
+    overlong_policy: str = "truncate"  # truncate | drop — always counted and reported
+    pack_tokens: int = 4096  # token budget of one packed micro-batch (no padding inside)
+    shuffle: bool = True
+    num_proc: int = 1  # processes for tokenisation with datasets.map
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decays to this; ignored by "constant"
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    num_workers: int = 1  # one Ray actor per device (per CPU process on a CPU machine)
+    cpus_per_worker: int = 0  # 0: share the machine's CPUs evenly between the workers
+    gpus_per_worker: int = 0  # 1 on a GPU cluster
+    global_batch_size: int = 16  # sequences per optimizer step, over all workers
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    seed: int = 0
+    router_aux_loss_coef: float = 0.001  # load-balancing loss weight; 0 turns it off
+    freeze_router: bool = False
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2  # 2 or 3
+    bf16: bool = False
+    # Merged last into the generated DeepSpeed config, for anything not exposed above.
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50  # steps between checkpoints; the last step is always saved
+    keep: int = 2  # complete checkpoints retained
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 1  # steps between console log lines when there is no progress bar
+    progress_bar: bool = True
+    tensorboard: bool = True
+    # Peak dense bf16 FLOP/s of one device, for MFU (e.g. 989e12 for an H100 SXM); 0: not reported.
+    peak_flops_per_device: float = 0.0
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" starts a local Ray; "auto" or host:port joins a cluster (also RAY_ADDRESS)
+    dashboard_host: str = "127.0.0.1"
+    include_dashboard: bool = False
+    num_gpus_total: int = 0  # the whole allocation, for planning and the config's own record
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output_dir: str = "runs/sft"
+
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "data.overlong_policy": ("truncate", "drop"),
+    "optim.schedule": ("cosine", "constant"),
+    "deepspeed.zero_stage": (2, 3),
+}
+POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trainer.global_batch_size",
+            "checkpoint.every", "checkpoint.keep", "optim.lr")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Read `path` (YAML), apply `key=value` overrides, and build a `cls` dataclass."""
+    raw: dict = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    cfg = _build(cls, raw, prefix="", where=where)
+    _check_values(cfg, where)
+    return cfg
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `a.b.c=value` in the nested dict; the value is parsed as YAML (so 2, true, null, [1,2])."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. trainer.num_workers=2")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{hint} (valid keys: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], key, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required value '{key}'")
+        elif dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], {}, key + ".", where)
+    return cls(**values)
+
+
+def _convert(tp, value, key: str, where: str):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key + ".", where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' expected a list, got {value!r}")
+        return [_convert(item_tp, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' expected a mapping, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    raise ConfigError(f"{where}: '{key}' expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            return dataclasses.MISSING
+        node = getattr(node, part)
+    return node
+
+
+def _check_values(cfg, where: str) -> None:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value is not dataclasses.MISSING and value not in allowed:
+            raise ConfigError(f"{where}: '{key}' must be one of {list(allowed)}, got {value!r}")
+    for key in POSITIVE:
+        value = _get(cfg, key)
+        if value is not dataclasses.MISSING and not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{where}: '{key}' must be > 0, got {value!r}")

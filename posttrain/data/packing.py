@@ -1,0 +1,89 @@
+"""Padding-free packing: examples laid end to end in fixed token budgets.
+
+Position ids restart at 0 for every example; transformers reads those restarts as sequence
+boundaries (`find_packed_sequence_indices`) and masks attention across examples, so no token
+attends outside its own example and no pad token ever reaches the experts' routers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [T] int64
+    position_ids: torch.Tensor  # [T] int64, restarting at 0 per example
+    labels: torch.Tensor  # [T] int64: the next token where it is a training target, else -100
+    num_examples: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel()) if self.num_examples else 0
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def empty_batch(pad_id: int) -> PackedBatch:
+    """A one-token placeholder with no targets: keeps every worker at the same micro-batch count."""
+    return PackedBatch(torch.tensor([pad_id]), torch.tensor([0]), torch.tensor([IGNORE]), num_examples=0)
+
+
+def shifted_labels(input_ids: list[int], loss_mask: list[int]) -> list[int]:
+    """Position t predicts token t+1; it is a target only where token t+1 is in the loss mask."""
+    return [input_ids[t + 1] if loss_mask[t + 1] else IGNORE for t in range(len(input_ids) - 1)] + [IGNORE]
+
+
+def pack(examples: list[tuple[list[int], list[int]]], budget: int) -> list[PackedBatch]:
+    """First-fit-decreasing bin packing of (input_ids, loss_mask) pairs into `budget`-token bins.
+
+    Deterministic and independent of the number of workers, so the same global batch gives the
+    same micro-batches (and the same loss) on 1 or N workers.
+    """
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i][0]), i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i][0])
+        if n > budget:
+            raise ValueError(f"example of {n} tokens exceeds the pack budget of {budget}")
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(budget - n)
+    packed = []
+    for members in bins:
+        ids, pos, labels = [], [], []
+        for i in sorted(members):
+            input_ids, loss_mask = examples[i]
+            ids += input_ids
+            pos += range(len(input_ids))
+            labels += shifted_labels(input_ids, loss_mask)
+        packed.append(PackedBatch(torch.tensor(ids), torch.tensor(pos), torch.tensor(labels), len(members)))
+    return packed
+
+
+def distribute(batches: list[PackedBatch], world_size: int, pad_id: int) -> list[list[PackedBatch]]:
+    """Give every worker the same number of micro-batches (ZeRO's collectives need it), balancing tokens.
+
+    Largest first in snake order; the count is rounded up to a multiple of `world_size` with
+    empty placeholders.
+    """
+    batches = sorted(batches, key=lambda b: -b.num_tokens)
+    while len(batches) % world_size:
+        batches.append(empty_batch(pad_id))
+    shards: list[list[PackedBatch]] = [[] for _ in range(world_size)]
+    for i, batch in enumerate(batches):
+        lap, pos = divmod(i, world_size)
+        shards[pos if lap % 2 == 0 else world_size - 1 - pos].append(batch)
+    return shards

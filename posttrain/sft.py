@@ -1,0 +1,126 @@
+"""The SFT stage, written out: data → TrainerGroup → loop (step, log, checkpoint) → HF export."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from posttrain import checkpoint
+from posttrain.config import SFTConfig, to_dict
+from posttrain.metrics import RunLog
+from posttrain.train.losses import expert_imbalance
+
+
+class RunDirError(RuntimeError):
+    """The output directory holds another run."""
+
+
+def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+    if holds_run and not (resume or overwrite):
+        raise RunDirError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    from posttrain.models.tiny import ensure_model
+
+    ensure_model(model_cfg.path, model_cfg.build_tiny_if_missing, model_cfg.tiny_seed)
+    path = Path(model_cfg.path)
+    if not path.exists() and (path.is_absolute() or model_cfg.path.startswith((".", "/")) or model_cfg.path.count("/") != 1):
+        raise FileNotFoundError(f"model.path: {model_cfg.path} does not exist (expected a local directory or a hub id org/name)")
+    return AutoTokenizer.from_pretrained(model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
+    from posttrain.cluster import init_ray
+    from posttrain.data.sft import SFTData
+    from posttrain.train.group import TrainerGroup
+
+    out = Path(cfg.output_dir)
+    prepare_output_dir(out, resume, overwrite)
+
+    # 1. Everything that can be wrong with the input is found here, before Ray or a model starts.
+    tokenizer = load_tokenizer(cfg.model)
+    data = SFTData(cfg.data, tokenizer, seed=cfg.trainer.seed)
+    total_steps = data.steps(cfg.trainer.global_batch_size, cfg.trainer.epochs, cfg.trainer.max_steps)
+    print(f"[sft] data: {data.report.line()}; {total_steps} steps of {cfg.trainer.global_batch_size} sequences", flush=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (out / "data_report.yaml").write_text(yaml.safe_dump(vars(data.report), sort_keys=False, allow_unicode=True))
+
+    ckpt_root = out / "checkpoints"
+    checkpoint.prepare_checkpoint_root(ckpt_root)
+    state = {"stage": "sft", "step": 0, "cursor": 0}
+    found = checkpoint.latest_checkpoint(ckpt_root) if resume else None
+
+    # 2. The trainer workers.
+    init_ray(cfg.ray, ray_address)
+    group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
+    try:
+        if found is not None:
+            path, state = found
+            group.load_checkpoint(str(ckpt_root), path.name)
+            print(f"[sft] resumed from {path} (step {state['step']}, {state['cursor']} examples consumed)", flush=True)
+        flops_per_token = _flops_per_token(cfg, group)
+        log = RunLog(out, total_steps, start_step=state["step"], tensorboard=cfg.logging.tensorboard,
+                     progress_bar=cfg.logging.progress_bar, every=cfg.logging.every, desc="sft")
+
+        # 3. The loop.
+        for step in range(state["step"] + 1, total_steps + 1):
+            started = time.perf_counter()
+            batches = data.batch(state["cursor"], cfg.trainer.global_batch_size)
+            result = group.train_step(batches, "sft")
+            state.update(step=step, cursor=state["cursor"] + cfg.trainer.global_batch_size)
+            log.log(_sft_record(step, result, time.perf_counter() - started, flops_per_token, cfg))
+            if step % cfg.checkpoint.every == 0 or step == total_steps:
+                group.save_checkpoint(str(ckpt_root), checkpoint.incomplete_tag(step))
+                checkpoint.commit(ckpt_root, step, state, keep=cfg.checkpoint.keep)
+        log.close()
+
+        # 4. The HF export: what transformers and vLLM load as they are.
+        group.export_hf(str(out / "final"))
+    finally:
+        group.shutdown()
+    print(f"[sft] done: metrics {out / 'metrics.jsonl'}, checkpoints {ckpt_root}, model {out / 'final'}", flush=True)
+    return out / "final"
+
+
+def _flops_per_token(cfg: SFTConfig, group) -> float:
+    if cfg.logging.peak_flops_per_device <= 0:
+        return 0.0
+    from transformers import AutoConfig
+
+    from posttrain.models.params import train_flops_per_token
+
+    return train_flops_per_token(AutoConfig.from_pretrained(cfg.model.path), cfg.data.max_seq_len)
+
+
+def _sft_record(step: int, result: dict, step_s: float, flops_per_token: float, cfg: SFTConfig) -> dict:
+    totals, targets = result["totals"], max(1, result["global_targets"])
+    nll, aux = totals["nll_sum"] / targets, totals["aux_sum"] / targets
+    record = {
+        "step": step,
+        "loss": nll + cfg.trainer.router_aux_loss_coef * aux,
+        "nll": nll,
+        "load_balancing_loss": aux,
+        "lr": result["lr"],
+        "grad_norm": result["grad_norm"],
+        "tokens": int(totals["tokens"]),
+        "target_tokens": int(targets),
+        "micro_batches_per_worker": result["micro_batches"],
+        "tokens_per_s": totals["tokens"] / step_s,
+        "step_s": step_s,
+    }
+    if flops_per_token:
+        record["mfu"] = totals["tokens"] * flops_per_token / step_s / (cfg.logging.peak_flops_per_device * cfg.trainer.num_workers)
+    if result["expert_counts"] is not None:
+        record["expert_imbalance"] = [round(x, 4) for x in expert_imbalance(result["expert_counts"])]
+        record["expert_load"] = result["expert_counts"].int().tolist()
+    return record

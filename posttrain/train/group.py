@@ -1,0 +1,81 @@
+"""TrainerGroup: N trainer actors (one per device) forming one torch.distributed / DeepSpeed world."""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.cluster import default_cpus_per_worker, reserve
+from posttrain.config import DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig
+from posttrain.data.packing import PackedBatch, distribute
+from posttrain.train.worker import TrainerWorker
+
+
+class TrainerGroup:
+    def __init__(self, model: ModelConfig, trainer: TrainerConfig, optim: OptimConfig, ds: DeepSpeedConfig,
+                 total_steps: int, pad_id: int):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.num_workers = trainer.num_workers
+        self.pad_id = pad_id
+        cpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers)
+        self.placement = reserve("trainer", self.num_workers, cpus, trainer.gpus_per_worker)
+        actor = ray.remote(TrainerWorker)
+        self.workers = [
+            actor.options(
+                num_cpus=cpus, num_gpus=trainer.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
+            ).remote(rank, self.num_workers, cpus)
+            for rank in range(self.num_workers)
+        ]
+        master = ray.get(self.workers[0].address.remote())
+        info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps) for w in self.workers])
+        self.num_params = info[0]["num_params"]
+
+    def _all(self, method: str, *args, **kwargs) -> list:
+        import ray
+
+        return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+
+    def train_step(self, batches: list[PackedBatch], objective: str, **kwargs) -> dict:
+        """One optimizer step over a global batch; returns the summed statistics of all ranks."""
+        import ray
+
+        global_targets = sum(b.num_loss_tokens for b in batches)
+        shards = distribute(batches, self.num_workers, self.pad_id)
+        results = ray.get([w.train_step.remote(shard, objective, global_targets, **kwargs)
+                           for w, shard in zip(self.workers, shards)])
+        totals: dict[str, float] = {}
+        for r in results:
+            for key, value in r["totals"].items():
+                totals[key] = totals.get(key, 0.0) + value
+        counts = [r["expert_counts"] for r in results if r["expert_counts"] is not None]
+        return {
+            "totals": totals,
+            "global_targets": global_targets,
+            "micro_batches": len(shards[0]),
+            "expert_counts": torch.stack(counts).sum(0) if counts else None,
+            "grad_norm": results[0]["grad_norm"],
+            "lr": results[0]["lr"],
+            "compute_s": max(r["compute_s"] for r in results),
+        }
+
+    def save_checkpoint(self, root: str, tag: str) -> None:
+        self._all("save_checkpoint", root, tag)
+
+    def load_checkpoint(self, root: str, tag: str) -> None:
+        self._all("load_checkpoint", root, tag)
+
+    def export_hf(self, output_dir: str) -> None:
+        self._all("export_hf", output_dir)
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            self._all("shutdown")
+        finally:
+            for w in self.workers:
+                ray.kill(w)
+            remove_placement_group(self.placement)

@@ -1,0 +1,169 @@
+"""One trainer process: a DeepSpeed engine over one data-parallel rank (a Ray actor).
+
+Both stages drive it the same way: `train_step(micro_batches, loss_fn_name, global_targets)` runs
+forward/backward over this rank's packed micro-batches and one optimizer step. What differs between
+SFT and OPD is only the per-micro-batch loss (`posttrain.train.objectives`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from posttrain.config import DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig
+from posttrain.data.packing import PackedBatch
+from posttrain.train.deepspeed_setup import deepspeed_config, make_optimizer, make_schedule, sparse_moe_block_classes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class TrainerWorker:
+    def __init__(self, rank: int, world_size: int, num_threads: int):
+        self.rank, self.world_size = rank, world_size
+        torch.set_num_threads(num_threads)
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master: tuple[str, int], model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
+              optim_cfg: OptimConfig, ds_cfg: DeepSpeedConfig, total_steps: int) -> dict:
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        torch.manual_seed(trainer_cfg.seed + self.rank)
+        self.trainer_cfg, self.model_cfg = trainer_cfg, model_cfg
+
+        self.ds_config = deepspeed_config(ds_cfg, optim_cfg)
+        dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
+        hf_ds = None
+        if ds_cfg.zero_stage == 3:
+            # Keeps transformers loading each rank's shard only (zero.Init), not the whole model per rank.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            hf_ds = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 — must stay alive during from_pretrained
+        model = AutoModelForCausalLM.from_pretrained(
+            model_cfg.path, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+        model.config.use_cache = False
+        if ds_cfg.zero_stage == 3:
+            deepspeed.utils.set_z3_leaf_modules(model, sparse_moe_block_classes(model))
+        if trainer_cfg.freeze_router:
+            for name, param in model.named_parameters():
+                if name.endswith("mlp.gate.weight"):
+                    param.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, optim_cfg)
+        schedule = make_schedule(optimizer, optim_cfg, total_steps)
+        self.engine, self.optimizer, _, self.schedule = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=schedule, config=self.ds_config
+        )
+        del hf_ds
+        self.config = model.config
+        return {"num_params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())}
+
+    # ----------------------------------------------------------------------------------------------
+
+    def train_step(self, micro_batches: list[PackedBatch], objective: str, global_targets: int, **kwargs) -> dict:
+        """Forward/backward over this rank's micro-batches, then one optimizer step.
+
+        `global_targets` is the number of target tokens in the whole global batch: each
+        micro-batch's loss is a sum divided by it, so the step's gradient does not depend on how
+        the batch was split across workers and micro-batches.
+        """
+        from posttrain.train import objectives
+
+        loss_fn = getattr(objectives, objective)
+        self.engine.train()
+        start = time.perf_counter()
+        totals: dict[str, float] = {}
+        counts_LE = None
+        for batch in micro_batches:
+            batch_on_device = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items()}
+            out = self.engine(input_ids=batch_on_device["input_ids"][None], position_ids=batch_on_device["position_ids"][None],
+                              output_router_logits=True, use_cache=False)
+            loss, stats = loss_fn(out, batch_on_device, self.config, self.trainer_cfg, **kwargs)
+            # DeepSpeed averages gradients over ranks; the loss is already a share of the global sum.
+            self.engine.backward(loss * self.world_size / max(1, global_targets), scale_wrt_gas=False)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            if out.router_logits and batch.num_examples:
+                from posttrain.train.losses import expert_counts
+
+                c = expert_counts(out.router_logits, self.config.num_experts_per_tok).cpu()
+                counts_LE = c if counts_LE is None else counts_LE + c
+        self.engine.step()
+        totals["tokens"] = float(sum(b.num_tokens for b in micro_batches))
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "totals": totals,
+            "expert_counts": counts_LE,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "lr": float(self.schedule.get_last_lr()[0]),
+            "compute_s": time.perf_counter() - start,
+        }
+
+    # ----------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, root: str, tag: str) -> None:
+        from safetensors.torch import save_file
+
+        self.engine.save_checkpoint(root, tag=tag, save_latest=False)
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(Path(root) / tag / f"rng_rank{self.rank}.safetensors"))
+
+    def load_checkpoint(self, root: str, tag: str) -> None:
+        from safetensors.torch import load_file
+
+        load_path, _ = self.engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(root) / tag}")
+        rng = load_file(str(Path(root) / tag / f"rng_rank{self.rank}.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (gathered layer by layer under ZeRO-3); None elsewhere."""
+        if self.engine.zero_optimization_partition_weights():
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        if self.rank != 0:
+            return None
+        return {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+
+    def export_hf(self, output_dir: str) -> str | None:
+        """Save an HF checkpoint (safetensors, config, generation config, tokenizer) from rank 0."""
+        from transformers import AutoTokenizer
+
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        from posttrain.checkpoint import atomic_dir
+
+        with atomic_dir(output_dir) as tmp:
+            self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(tmp)
+        return output_dir
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
