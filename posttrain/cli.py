@@ -1,4 +1,4 @@
-"""`posttrain` command line: tiny | sft | demo."""
+"""`posttrain` command line: tiny | sft | opd | demo."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from posttrain.paths import resolve_path
 
 TINY_SFT = "configs/tiny/sft.yaml"
+TINY_OPD = "configs/tiny/opd.yaml"
 
 
 def _common_stage_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="supervised fine-tuning with DeepSpeed ZeRO on Ray")
     _common_stage_args(p)
+
+    p = sub.add_parser("opd", help="cascaded on-policy distillation: rollout, teacher scoring, reverse-KL training")
+    _common_stage_args(p)
+    p.add_argument("--student", help="student model (default: the config's model.path, the SFT stage's final/)")
+    p.add_argument("--teacher", action="append", default=[], metavar="PATH_OR_ID[:STEPS]",
+                   help="a cascade stage; repeat for several, in order. Replaces the config's cascade")
 
     p = sub.add_parser("demo", help="the whole pipeline on the tiny offline models (a few minutes on a CPU)")
     p.add_argument("--output-dir", default="runs/demo")
@@ -65,8 +72,40 @@ def cmd_sft(args) -> None:
     run_sft(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
 
 
+def parse_teachers(flags: list[str], configured: list) -> list:
+    """`PATH_OR_ID[:STEPS]` flags → cascade stages; a stage without STEPS keeps the configured count."""
+    from posttrain.config import ConfigError, TeacherStage
+
+    stages = []
+    for i, flag in enumerate(flags):
+        path, _, steps = flag.rpartition(":") if flag.rpartition(":")[2].isdigit() else (flag, "", "")
+        if steps:
+            count = int(steps)
+        elif configured:
+            count = configured[min(i, len(configured) - 1)].steps
+        else:
+            raise ConfigError(f"--teacher {flag}: give the step count as PATH:STEPS")
+        if count <= 0:
+            raise ConfigError(f"--teacher {flag}: the step count must be > 0")
+        stages.append(TeacherStage(path=path, steps=count))
+    return stages
+
+
+def cmd_opd(args) -> None:
+    from posttrain.config import OPDConfig
+    from posttrain.opd.loop import run_opd
+
+    cfg = _load_stage_config(OPDConfig, args)
+    if args.student:
+        cfg.model.path = args.student
+    if args.teacher:
+        cfg.teachers = parse_teachers(args.teacher, cfg.teachers)
+    run_opd(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
+
+
 def cmd_demo(args) -> None:
-    from posttrain.config import SFTConfig, load_config
+    from posttrain.config import OPDConfig, SFTConfig, load_config
+    from posttrain.opd.loop import run_opd
     from posttrain.sft import run_sft
 
     out = Path(args.output_dir)
@@ -75,7 +114,13 @@ def cmd_demo(args) -> None:
     sft_cfg = load_config(SFTConfig, resolve_path(TINY_SFT), [f"output_dir={out / 'sft'}"])
     final = run_sft(sft_cfg, overwrite=True)
     rows.append(_stage_row("sft", out / "sft", final, time.perf_counter() - started, "loss"))
+
+    started = time.perf_counter()
+    opd_cfg = load_config(OPDConfig, resolve_path(TINY_OPD), [f"output_dir={out / 'opd'}", f"model.path={final}"])
+    opd_final = run_opd(opd_cfg, overwrite=True)
+    rows.append(_stage_row("opd", out / "opd", opd_final, time.perf_counter() - started, "reverse_kl"))
     _print_summary(rows)
+    print(f"\noutputs: {out.resolve()} (metrics.jsonl, tensorboard/, checkpoints/ and final/ per stage)")
 
 
 def _stage_row(stage: str, run_dir: Path, final: Path, wall_s: float, key: str) -> dict:
@@ -93,15 +138,27 @@ def _print_summary(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may stand anywhere on the line, before or after the options.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from posttrain.metrics import quiet_library_progress
+
+    quiet_library_progress()
     from posttrain.config import ConfigError
     from posttrain.data.mixture import DataError
+    from posttrain.cluster import PlacementError
+    from posttrain.opd.checks import VocabularyMismatch
     from posttrain.sft import RunDirError
 
     try:
-        {"tiny": cmd_tiny, "sft": cmd_sft, "demo": cmd_demo}[args.command](args)
-    except (ConfigError, DataError, RunDirError, FileNotFoundError) as e:
+        {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo}[args.command](args)
+    except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -73,7 +73,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     num_workers: int = 1  # one Ray actor per device (per CPU process on a CPU machine)
-    cpus_per_worker: int = 0  # 0: share the machine's CPUs evenly between the workers
+    cpus_per_worker: float = 0  # 0: share the machine's CPUs evenly between the workers
     gpus_per_worker: int = 0  # 1 on a GPU cluster
     global_batch_size: int = 16  # sequences per optimizer step, over all workers
     epochs: float = 1.0
@@ -81,6 +81,8 @@ class TrainerConfig:
     seed: int = 0
     router_aux_loss_coef: float = 0.001  # load-balancing loss weight; 0 turns it off
     freeze_router: bool = False
+    # Stop (after checkpointing) once this step is done, as a preempted job would; 0: run to the end.
+    stop_after_step: int = 0
 
 
 @dataclass
@@ -127,14 +129,88 @@ class SFTConfig:
     output_dir: str = "runs/sft"
 
 
+@dataclass
+class TeacherStage:
+    path: str = REQUIRED  # local directory or hub id of the teacher
+    steps: int = REQUIRED  # optimizer steps distilled from this teacher before the next one
+
+
+@dataclass
+class OPDDataConfig:
+    mixture: str = REQUIRED  # prompt mixture (data_mixtures/opd_*.yaml)
+    max_prompt_len: int = 256  # longer prompts are truncated from the left or dropped (overlong_policy)
+    overlong_policy: str = "drop"  # truncate | drop — always counted and reported
+    pack_tokens: int = 4096  # token budget of one packed training micro-batch
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf (transformers generate, CPU or GPU) | vllm (GPU)
+    num_workers: int = 1
+    # Ray's CPU counts are logical: on a small CPU machine, fractions let the three groups share cores.
+    cpus_per_worker: float = 1
+    gpus_per_worker: int = 0
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 16  # sequences generated together by one hf worker
+    sync_bucket_mb: int = 512  # weight sync moves buckets of this size, not tensor by tensor
+    gpu_memory_utilization: float = 0.5  # vllm
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = "hf"  # hf | vllm
+    num_workers: int = 1
+    cpus_per_worker: float = 1
+    gpus_per_worker: int = 0
+    batch_size: int = 16
+    dtype: str = "float32"
+    gpu_memory_utilization: float = 0.5  # vllm
+
+
+@dataclass
+class LossConfig:
+    mode: str = "sampled"  # sampled: per-token reverse KL as advantage | topk: distribution over top-k
+    kl_coef: float = 1.0
+    clip_ratio: float = 0.2  # importance-ratio clip (PPO-style), against sampler/trainer mismatch
+    topk: int = 20  # for mode=topk
+
+
+@dataclass
+class OPDConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teachers: list[TeacherStage] = field(default_factory=list)
+    data: OPDDataConfig = field(default_factory=OPDDataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6, schedule="constant"))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(router_aux_loss_coef=0.0, freeze_router=True))
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output_dir: str = "runs/opd"
+
+
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "data.overlong_policy": ("truncate", "drop"),
     "optim.schedule": ("cosine", "constant"),
     "deepspeed.zero_stage": (2, 3),
+    "rollout.backend": ("hf", "vllm"),
+    "teacher.backend": ("hf", "vllm"),
+    "teacher.dtype": ("float32", "bfloat16"),
+    "loss.mode": ("sampled", "topk"),
 }
 POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trainer.global_batch_size",
-            "checkpoint.every", "checkpoint.keep", "optim.lr")
+            "checkpoint.every", "checkpoint.keep", "optim.lr", "rollout.num_workers", "rollout.prompts_per_step",
+            "rollout.samples_per_prompt", "rollout.max_new_tokens", "rollout.temperature", "teacher.num_workers",
+            "data.max_prompt_len")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,12 +276,21 @@ def _build(cls: type, raw: Any, prefix: str, where: str):
     values = {}
     for name, f in fields.items():
         key = prefix + name
-        if name in raw:
+        section = dataclasses.is_dataclass(hints[name])
+        if section:
+            # A stage may default a section differently (OPD: constant lr 1e-6, frozen router);
+            # the YAML's keys then apply on top of that default, not of the class's own.
+            base = {}
+            if f.default_factory not in (dataclasses.MISSING, hints[name]):
+                base = dataclasses.asdict(f.default_factory())
+            given = raw.get(name) or {}
+            if not isinstance(given, dict):
+                raise ConfigError(f"{where}: '{key}' expected a mapping, got {given!r}")
+            values[name] = _build(hints[name], {**base, **given}, key + ".", where)
+        elif name in raw:
             values[name] = _convert(hints[name], raw[name], key, where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required value '{key}'")
-        elif dataclasses.is_dataclass(hints[name]):
-            values[name] = _build(hints[name], {}, key + ".", where)
     return cls(**values)
 
 

@@ -69,3 +69,13 @@ class RunLog:
             self.tb.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def quiet_library_progress() -> None:
+    """datasets' and transformers' own progress bars flood logs; ours is the one that matters."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

@@ -79,9 +79,14 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
             result = group.train_step(batches, "sft")
             state.update(step=step, cursor=state["cursor"] + cfg.trainer.global_batch_size)
             log.log(_sft_record(step, result, time.perf_counter() - started, flops_per_token, cfg))
-            if step % cfg.checkpoint.every == 0 or step == total_steps:
+            stopping = step == cfg.trainer.stop_after_step
+            if step % cfg.checkpoint.every == 0 or step == total_steps or stopping:
                 group.save_checkpoint(str(ckpt_root), checkpoint.incomplete_tag(step))
                 checkpoint.commit(ckpt_root, step, state, keep=cfg.checkpoint.keep)
+            if stopping:
+                log.close()
+                print(f"[sft] stopped after step {step} (trainer.stop_after_step); continue with --resume", flush=True)
+                return ckpt_root / checkpoint.step_name(step)
         log.close()
 
         # 4. The HF export: what transformers and vLLM load as they are.

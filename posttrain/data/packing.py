@@ -7,7 +7,7 @@ attends outside its own example and no pad token ever reaches the experts' route
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,13 @@ class PackedBatch:
     position_ids: torch.Tensor  # [T] int64, restarting at 0 per example
     labels: torch.Tensor  # [T] int64: the next token where it is a training target, else -100
     num_examples: int
+    # Per-position values aligned with `labels` (what OPD needs about each target: the sampler's
+    # and the teacher's log-probs, the teacher's top-k), shifted exactly as the labels are.
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.labels.to(device),
+                           self.num_examples, {k: v.to(device) for k, v in self.extras.items()})
 
     @property
     def num_tokens(self) -> int:
@@ -35,16 +42,24 @@ def empty_batch(pad_id: int) -> PackedBatch:
     return PackedBatch(torch.tensor([pad_id]), torch.tensor([0]), torch.tensor([IGNORE]), num_examples=0)
 
 
+def with_empty_extras(empty: PackedBatch, like: PackedBatch) -> PackedBatch:
+    """A placeholder carrying zero extras of the same names and trailing shapes as a real batch."""
+    empty.extras = {k: torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for k, v in like.extras.items()}
+    return empty
+
+
 def shifted_labels(input_ids: list[int], loss_mask: list[int]) -> list[int]:
     """Position t predicts token t+1; it is a target only where token t+1 is in the loss mask."""
     return [input_ids[t + 1] if loss_mask[t + 1] else IGNORE for t in range(len(input_ids) - 1)] + [IGNORE]
 
 
-def pack(examples: list[tuple[list[int], list[int]]], budget: int) -> list[PackedBatch]:
-    """First-fit-decreasing bin packing of (input_ids, loss_mask) pairs into `budget`-token bins.
+def pack(examples: list[tuple], budget: int) -> list[PackedBatch]:
+    """First-fit-decreasing bin packing of examples into `budget`-token bins.
 
-    Deterministic and independent of the number of workers, so the same global batch gives the
-    same micro-batches (and the same loss) on 1 or N workers.
+    An example is (input_ids, loss_mask) or (input_ids, loss_mask, extras), where `extras` maps a
+    name to a tensor whose first dimension runs over the example's tokens (the value belongs to the
+    token, like the mask). Deterministic and independent of the number of workers, so the same
+    global batch gives the same micro-batches (and the same loss) on 1 or N workers.
     """
     order = sorted(range(len(examples)), key=lambda i: (-len(examples[i][0]), i))
     bins: list[list[int]] = []
@@ -64,12 +79,17 @@ def pack(examples: list[tuple[list[int], list[int]]], budget: int) -> list[Packe
     packed = []
     for members in bins:
         ids, pos, labels = [], [], []
+        extras: dict[str, list[torch.Tensor]] = {}
         for i in sorted(members):
-            input_ids, loss_mask = examples[i]
+            input_ids, loss_mask = examples[i][0], examples[i][1]
             ids += input_ids
             pos += range(len(input_ids))
             labels += shifted_labels(input_ids, loss_mask)
-        packed.append(PackedBatch(torch.tensor(ids), torch.tensor(pos), torch.tensor(labels), len(members)))
+            for name, values in (examples[i][2] if len(examples[i]) > 2 else {}).items():
+                values = torch.as_tensor(values)
+                extras.setdefault(name, []).append(torch.cat([values[1:], torch.zeros_like(values[:1])]))
+        packed.append(PackedBatch(torch.tensor(ids), torch.tensor(pos), torch.tensor(labels), len(members),
+                                  {name: torch.cat(parts) for name, parts in extras.items()}))
     return packed
 
 
@@ -81,7 +101,7 @@ def distribute(batches: list[PackedBatch], world_size: int, pad_id: int) -> list
     """
     batches = sorted(batches, key=lambda b: -b.num_tokens)
     while len(batches) % world_size:
-        batches.append(empty_batch(pad_id))
+        batches.append(with_empty_extras(empty_batch(pad_id), batches[0]))
     shards: list[list[PackedBatch]] = [[] for _ in range(world_size)]
     for i, batch in enumerate(batches):
         lap, pos = divmod(i, world_size)

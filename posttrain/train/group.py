@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.cluster import default_cpus_per_worker, reserve
+from posttrain.cluster import default_cpus_per_worker, release, reserve, spawn
 from posttrain.config import DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch, distribute
 from posttrain.train.worker import TrainerWorker
@@ -14,20 +14,13 @@ class TrainerGroup:
     def __init__(self, model: ModelConfig, trainer: TrainerConfig, optim: OptimConfig, ds: DeepSpeedConfig,
                  total_steps: int, pad_id: int):
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.num_workers = trainer.num_workers
         self.pad_id = pad_id
         cpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers)
         self.placement = reserve("trainer", self.num_workers, cpus, trainer.gpus_per_worker)
-        actor = ray.remote(TrainerWorker)
-        self.workers = [
-            actor.options(
-                num_cpus=cpus, num_gpus=trainer.gpus_per_worker,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
-            ).remote(rank, self.num_workers, cpus)
-            for rank in range(self.num_workers)
-        ]
+        self.workers = spawn(TrainerWorker, self.placement, cpus, trainer.gpus_per_worker,
+                             lambda rank: (rank, self.num_workers, max(1, int(cpus))))
         master = ray.get(self.workers[0].address.remote())
         info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps) for w in self.workers])
         self.num_params = info[0]["num_params"]
@@ -69,13 +62,11 @@ class TrainerGroup:
     def export_hf(self, output_dir: str) -> None:
         self._all("export_hf", output_dir)
 
-    def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
+    def weight_buckets(self, bucket_mb: int) -> list:
+        return self._all("weight_buckets", bucket_mb)[0]
 
+    def shutdown(self) -> None:
         try:
             self._all("shutdown")
         finally:
-            for w in self.workers:
-                ray.kill(w)
-            remove_placement_group(self.placement)
+            release(self.workers, self.placement)

@@ -29,6 +29,9 @@ class TrainerWorker:
     def __init__(self, rank: int, world_size: int, num_threads: int):
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(num_threads)
+        from posttrain.metrics import quiet_library_progress
+
+        quiet_library_progress()
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
     def address(self) -> tuple[str, int]:
@@ -93,10 +96,10 @@ class TrainerWorker:
         totals: dict[str, float] = {}
         counts_LE = None
         for batch in micro_batches:
-            batch_on_device = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items()}
-            out = self.engine(input_ids=batch_on_device["input_ids"][None], position_ids=batch_on_device["position_ids"][None],
+            batch = batch.to(self.device)
+            out = self.engine(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
                               output_router_logits=True, use_cache=False)
-            loss, stats = loss_fn(out, batch_on_device, self.config, self.trainer_cfg, **kwargs)
+            loss, stats = loss_fn(out, batch, self.config, self.trainer_cfg, **kwargs)
             # DeepSpeed averages gradients over ranks; the loss is already a share of the global sum.
             self.engine.backward(loss * self.world_size / max(1, global_targets), scale_wrt_gas=False)
             for key, value in stats.items():
@@ -106,6 +109,7 @@ class TrainerWorker:
 
                 c = expert_counts(out.router_logits, self.config.num_experts_per_tok).cpu()
                 counts_LE = c if counts_LE is None else counts_LE + c
+        lr = float(self.schedule.get_last_lr()[0])  # the rate this step applies
         self.engine.step()
         totals["tokens"] = float(sum(b.num_tokens for b in micro_batches))
         grad_norm = self.engine.get_global_grad_norm()
@@ -113,7 +117,7 @@ class TrainerWorker:
             "totals": totals,
             "expert_counts": counts_LE,
             "grad_norm": None if grad_norm is None else float(grad_norm),
-            "lr": float(self.schedule.get_last_lr()[0]),
+            "lr": lr,
             "compute_s": time.perf_counter() - start,
         }
 
@@ -167,3 +171,18 @@ class TrainerWorker:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _weight_buckets(self, bucket_mb: int) -> list | None:
+    """Rank 0: the current weights as object-store buckets (every rank must call, for ZeRO-3)."""
+    import ray
+
+    from posttrain.train.weights import buckets
+
+    state = self.full_state_dict()
+    if self.rank != 0:
+        return None
+    return [ray.put(bucket) for bucket in buckets(state, bucket_mb)]
+
+
+TrainerWorker.weight_buckets = _weight_buckets

@@ -1,0 +1,147 @@
+"""The OPD stage: generate → score → train → sync, over a cascade of teachers.
+
+`opd_step` is one step, readable on one screen; `run_opd` is the loop around it (checks, workers,
+cascade switches, checkpoints, resume).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from posttrain import checkpoint
+from posttrain.config import OPDConfig, TeacherStage, to_dict
+from posttrain.data.packing import pack
+from posttrain.metrics import RunLog
+from posttrain.opd.checks import check_cascade
+from posttrain.sft import load_tokenizer, prepare_output_dir
+
+
+def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> dict:
+    """One on-policy distillation step over `prompts` (a list of `Prompt`)."""
+    timer = time.perf_counter()
+    # 1. Rollout: samples_per_prompt responses per prompt from the current student, with the sampler's log-probs.
+    samples = rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
+    rollout_s, timer = time.perf_counter() - timer, time.perf_counter()
+
+    # 2. Score: the teacher's log-probs (temperature 1) of exactly those tokens.
+    topk = cfg.loss.topk if cfg.loss.mode == "topk" else 0
+    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=topk)
+    teacher_s, timer = time.perf_counter() - timer, time.perf_counter()
+
+    # 3. Train: minimise the reverse KL on the student's own tokens (prompt tokens carry no loss).
+    examples = []
+    for sample, score in zip(samples, scores):
+        prompt_len = len(prompts[sample.prompt_index].input_ids)
+        extras = {"sampler_logprobs": _after_prompt(torch.tensor(sample.sampler_logprobs), prompt_len),
+                  "teacher_logprobs": _after_prompt(score["logprobs"], prompt_len)}
+        if topk:
+            extras["teacher_topk_ids"] = _after_prompt(score["topk_ids"], prompt_len)
+            extras["teacher_topk_logprobs"] = _after_prompt(score["topk_logprobs"], prompt_len)
+        examples.append((prompts[sample.prompt_index].input_ids + sample.response_ids,
+                         [0] * prompt_len + [1] * len(sample.response_ids), extras))
+    result = trainer.train_step(pack(examples, cfg.data.pack_tokens), "opd", mode=cfg.loss.mode,
+                                kl_coef=cfg.loss.kl_coef, clip_ratio=cfg.loss.clip_ratio)
+    train_s, timer = time.perf_counter() - timer, time.perf_counter()
+
+    # 4. Sync: the new student weights to the rollout engines, in buckets.
+    rollout.update_weights(trainer.weight_buckets(cfg.rollout.sync_bucket_mb))
+    sync_s = time.perf_counter() - timer
+
+    response_tokens = sum(len(s.response_ids) for s in samples)
+    reverse_kl = sum(float(sum(s.sampler_logprobs) - score["logprobs"].sum()) for s, score in zip(samples, scores))
+    step_s = rollout_s + teacher_s + train_s + sync_s
+    return {
+        "reverse_kl": reverse_kl / response_tokens,
+        "loss": result["totals"]["loss_sum"] / max(1, result["global_targets"]),
+        "response_len": response_tokens / len(samples),
+        "truncated_frac": sum(s.truncated for s in samples) / len(samples),
+        "rollout_s": rollout_s, "teacher_s": teacher_s, "train_s": train_s, "sync_s": sync_s, "step_s": step_s,
+        "tokens": int(result["totals"]["tokens"]), "tokens_per_s": result["totals"]["tokens"] / step_s,
+        "lr": result["lr"], "grad_norm": result["grad_norm"],
+    }
+
+
+def _after_prompt(values: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Per-response-token values laid out over prompt + response tokens (zeros over the prompt)."""
+    return torch.cat([torch.zeros((prompt_len, *values.shape[1:]), dtype=values.dtype), values])
+
+
+def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]:
+    """(stage index, step within that stage) of global step `step` (1-based)."""
+    done = 0
+    for index, stage in enumerate(teachers):
+        if step <= done + stage.steps:
+            return index, step - done
+        done += stage.steps
+    raise ValueError(f"step {step} is past the cascade's {done} steps")
+
+
+def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
+    from posttrain.cluster import init_ray
+    from posttrain.opd.data import OPDPrompts
+    from posttrain.opd.rollout import RolloutGroup
+    from posttrain.opd.teacher import TeacherGroup
+    from posttrain.train.group import TrainerGroup
+
+    out = Path(cfg.output_dir)
+    # 1. Checks before any work: the cascade, one shared vocabulary, the prompt mixture.
+    tokenizer = load_tokenizer(cfg.model)
+    check_cascade(cfg, tokenizer)
+    prepare_output_dir(out, resume, overwrite)
+    prompts = OPDPrompts(cfg.data, tokenizer, seed=cfg.trainer.seed)
+    total_steps = sum(stage.steps for stage in cfg.teachers)
+    print(f"[opd] prompts: {prompts.report()}; {total_steps} steps over {len(cfg.teachers)} teacher(s)", flush=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    ckpt_root = out / "checkpoints"
+    checkpoint.prepare_checkpoint_root(ckpt_root)
+    state = {"stage": "opd", "step": 0, "cursor": 0, "cascade_index": 0, "stage_step": 0}
+    found = checkpoint.latest_checkpoint(ckpt_root) if resume else None
+
+    # 2. The three worker groups (the teacher group is made per cascade stage).
+    init_ray(cfg.ray, ray_address)
+    trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
+    rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code)
+    teacher, loaded_index = None, None
+    try:
+        if found is not None:
+            path, state = found
+            trainer.load_checkpoint(str(ckpt_root), path.name)
+            rollout.update_weights(trainer.weight_buckets(cfg.rollout.sync_bucket_mb))
+            print(f"[opd] resumed from {path} (step {state['step']}, teacher {state['cascade_index'] + 1}, "
+                  f"{state['cursor']} prompts consumed)", flush=True)
+        log = RunLog(out, total_steps, start_step=state["step"], tensorboard=cfg.logging.tensorboard,
+                     progress_bar=cfg.logging.progress_bar, every=cfg.logging.every, desc="opd")
+
+        # 3. The loop.
+        per_step = cfg.rollout.prompts_per_step
+        for step in range(state["step"] + 1, total_steps + 1):
+            index, stage_step = cascade_position(cfg.teachers, step)
+            if index != loaded_index:
+                if teacher is not None:
+                    teacher.shutdown()  # the old teacher's devices are free before the next one loads
+                teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code), index
+            record = opd_step(step, prompts.batch(state["cursor"], per_step), rollout, teacher, trainer, cfg)
+            state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
+            log.log({"step": step, "stage": index + 1, "teacher": cfg.teachers[index].path, "stage_step": stage_step,
+                     **record})
+            stopping = step == cfg.trainer.stop_after_step
+            if step % cfg.checkpoint.every == 0 or step == total_steps or stopping or stage_step == cfg.teachers[index].steps:
+                trainer.save_checkpoint(str(ckpt_root), checkpoint.incomplete_tag(step))
+                checkpoint.commit(ckpt_root, step, state, keep=cfg.checkpoint.keep)
+            if stopping:
+                print(f"[opd] stopped after step {step} (trainer.stop_after_step); continue with --resume", flush=True)
+                log.close()
+                return ckpt_root / checkpoint.step_name(step)
+        log.close()
+        trainer.export_hf(str(out / "final"))
+    finally:
+        for group in (teacher, rollout, trainer):
+            if group is not None:
+                group.shutdown()
+    print(f"[opd] done: metrics {out / 'metrics.jsonl'}, checkpoints {ckpt_root}, model {out / 'final'}", flush=True)
+    return out / "final"

@@ -1,0 +1,115 @@
+"""RolloutGroup: sample `samples_per_prompt` responses per prompt from the current student.
+
+Returns, per sample, the response token ids, the sampler's log-prob of each (under the exact
+distribution it sampled from: after temperature and top-p), and whether it ran out of tokens.
+Backends: `hf` (transformers `generate` with KV cache, batched, left-padded; CPU or GPU) and `vllm`
+(GPU, imported only when chosen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.cluster import release, reserve, spawn
+from posttrain.config import RolloutConfig
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    response_ids: list[int]
+    sampler_logprobs: list[float]
+    truncated: bool  # stopped by max_new_tokens, not by an end token
+
+
+class HFRolloutWorker:
+    def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from posttrain.metrics import quiet_library_progress
+
+        quiet_library_progress()
+        torch.set_num_threads(num_threads)
+        self.cfg = cfg
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def update_weights(self, bucket_refs: list) -> int:
+        import ray
+
+        from posttrain.train.weights import load_bucket
+
+        return sum(load_bucket(self.model, ray.get(ref)) for ref in bucket_refs)
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[tuple[int, list[int]]], seed: int) -> list[Sample]:
+        """`prompts`: (prompt_index, token ids); each is sampled `samples_per_prompt` times."""
+        cfg = self.cfg
+        torch.manual_seed(seed)
+        jobs = [(index, ids) for index, ids in prompts for _ in range(cfg.samples_per_prompt)]
+        samples = []
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start:start + cfg.batch_size]
+            width = max(len(ids) for _, ids in chunk)
+            input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (_, ids) in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention_mask[row, width - len(ids):] = 1
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+                output_scores=True, return_dict_in_generate=True,
+            )
+            new_BN = out.sequences[:, width:].cpu()
+            # `scores` are the processed logits the sampler drew from: their log-softmax is its log-prob.
+            logp_BN = torch.stack([torch.log_softmax(s.float(), dim=-1).cpu() for s in out.scores], dim=1)
+            chosen_BN = logp_BN.gather(-1, new_BN.unsqueeze(-1)).squeeze(-1)
+            for row, (index, _) in enumerate(chunk):
+                ids, logps = [], []
+                for token, logp in zip(new_BN[row].tolist(), chosen_BN[row].tolist()):
+                    ids.append(token)
+                    logps.append(logp)
+                    if token in self.eos_ids:
+                        break
+                samples.append(Sample(index, ids, logps, truncated=ids[-1] not in self.eos_ids))
+        return samples
+
+
+class RolloutGroup:
+    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False):
+        self.cfg = cfg
+        self.placement = reserve("rollout", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        if cfg.backend == "vllm":
+            from posttrain.opd.vllm_backend import VLLMRolloutWorker as worker_cls
+        else:
+            worker_cls = HFRolloutWorker
+        self.workers = spawn(worker_cls, self.placement, cfg.cpus_per_worker, cfg.gpus_per_worker,
+                             lambda i: (model_path, cfg, max(1, int(cfg.cpus_per_worker)), trust_remote_code))
+
+    def generate(self, prompt_ids: list[list[int]], seed: int) -> list[Sample]:
+        import ray
+
+        indexed = list(enumerate(prompt_ids))
+        shards = [indexed[i::len(self.workers)] for i in range(len(self.workers))]
+        results = ray.get([w.generate.remote(shard, seed * 1000 + i) for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard])
+        samples = [s for part in results for s in part]
+        return sorted(samples, key=lambda s: s.prompt_index)  # stable: samples of a prompt keep their order
+
+    def update_weights(self, bucket_refs: list) -> None:
+        import ray
+
+        ray.get([w.update_weights.remote(bucket_refs) for w in self.workers])
+
+    def shutdown(self) -> None:
+        release(self.workers, self.placement)

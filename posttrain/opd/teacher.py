@@ -1,0 +1,80 @@
+"""TeacherGroup: the active teacher's log-probs of exactly the student's tokens (prefill only).
+
+Temperature is 1 by construction (a plain log-softmax of the teacher's logits): SGLang once
+ignored the temperature of prefill log-probs silently, and a tempered teacher is a different
+target. Sequences are right-padded, which keeps every real token's causal context intact for any
+architecture, including `qwen3_next`'s linear-attention layers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.cluster import release, reserve, spawn
+from posttrain.config import TeacherConfig
+
+
+class HFTeacherWorker:
+    def __init__(self, model_path: str, cfg: TeacherConfig, num_threads: int, trust_remote_code: bool = False):
+        from transformers import AutoModelForCausalLM
+
+        from posttrain.metrics import quiet_library_progress
+
+        quiet_library_progress()
+        torch.set_num_threads(num_threads)
+        self.cfg = cfg
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                          trust_remote_code=trust_remote_code).to(self.device).eval()
+
+    @torch.no_grad()
+    def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
+        """Per (prompt_ids, response_ids): `logprobs` [R] of the response tokens; with `topk`, also
+        `topk_ids` / `topk_logprobs` [R, k] of the teacher's own distribution at those positions."""
+        results = []
+        for start in range(0, len(sequences), self.cfg.batch_size):
+            chunk = sequences[start:start + self.cfg.batch_size]
+            width = max(len(p) + len(r) for p, r in chunk)
+            input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (p, r) in enumerate(chunk):
+                input_ids[row, :len(p) + len(r)] = torch.tensor(p + r)
+                attention_mask[row, :len(p) + len(r)] = 1
+            logits_BTV = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                    use_cache=False).logits.float()
+            for row, (p, r) in enumerate(chunk):
+                # Position t predicts token t+1: the response's tokens are predicted at len(p)-1 ...
+                logp_RV = torch.log_softmax(logits_BTV[row, len(p) - 1:len(p) + len(r) - 1], dim=-1)
+                entry = {"logprobs": logp_RV.gather(-1, torch.tensor(r, device=logp_RV.device)[:, None])[:, 0].cpu()}
+                if topk:
+                    values, indices = logp_RV.topk(min(topk, logp_RV.shape[-1]), dim=-1)
+                    entry.update(topk_ids=indices.cpu(), topk_logprobs=values.cpu())
+                results.append(entry)
+        return results
+
+
+class TeacherGroup:
+    def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False):
+        self.model_path = model_path
+        self.placement = reserve("teacher", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        if cfg.backend == "vllm":
+            from posttrain.opd.vllm_backend import VLLMTeacherWorker as worker_cls
+        else:
+            worker_cls = HFTeacherWorker
+        self.workers = spawn(worker_cls, self.placement, cfg.cpus_per_worker, cfg.gpus_per_worker,
+                             lambda i: (model_path, cfg, max(1, int(cfg.cpus_per_worker)), trust_remote_code))
+
+    def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
+        import ray
+
+        n = len(self.workers)
+        shards = [sequences[i::n] for i in range(n)]
+        parts = ray.get([w.score.remote(shard, topk) for w, shard in zip(self.workers, shards) if shard])
+        results: list[dict] = [None] * len(sequences)  # type: ignore[list-item]
+        for i, part in enumerate(parts):
+            results[i::n] = part
+        return results
+
+    def shutdown(self) -> None:
+        release(self.workers, self.placement)
