@@ -1,4 +1,4 @@
-"""`posttrain` command line: tiny | sft | opd | demo."""
+"""`posttrain` command line: tiny | sft | opd | demo | eval | report."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the tiny offline models (a few minutes on a CPU)")
     p.add_argument("--output-dir", default="runs/demo")
+
+    p = sub.add_parser("eval", help="task accuracy, reverse KL to a teacher and response length of a model")
+    p.add_argument("--model", required=True, help="model directory or hub id")
+    p.add_argument("--tasks", default="addition,repeat", help="comma-separated tasks (posttrain.eval.tasks)")
+    p.add_argument("--teacher", help="also report the mean per-token reverse KL to this teacher on the model's samples")
+    p.add_argument("--limit", type=int, default=64, help="eval-split examples per task")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="write the results as JSON here")
+
+    p = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
+    p.add_argument("run_dir")
     return parser
 
 
@@ -103,6 +115,33 @@ def cmd_opd(args) -> None:
     run_opd(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
 
 
+def cmd_eval(args) -> None:
+    from posttrain.config import ConfigError
+    from posttrain.eval.run import evaluate, format_table, write_json
+    from posttrain.eval.tasks import TASKS
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for task in tasks:
+        if task not in TASKS:
+            raise ConfigError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    for path in filter(None, (args.model, args.teacher)):
+        if not Path(path).exists() and (path.startswith((".", "/")) or path.count("/") != 1):
+            raise FileNotFoundError(f"{path} does not exist (expected a model directory or a hub id org/name)")
+    result = evaluate(args.model, tasks, limit=args.limit, teacher=args.teacher, max_new_tokens=args.max_new_tokens,
+                      seed=args.seed)
+    print(format_table(result))
+    if args.output:
+        write_json(result, args.output)
+        print(f"results: {args.output}")
+
+
+def cmd_report(args) -> None:
+    from posttrain.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"report: {path}")
+
+
 def cmd_demo(args) -> None:
     from posttrain.config import OPDConfig, SFTConfig, load_config
     from posttrain.opd.loop import run_opd
@@ -113,27 +152,40 @@ def cmd_demo(args) -> None:
     started = time.perf_counter()
     sft_cfg = load_config(SFTConfig, resolve_path(TINY_SFT), [f"output_dir={out / 'sft'}"])
     final = run_sft(sft_cfg, overwrite=True)
-    rows.append(_stage_row("sft", out / "sft", final, time.perf_counter() - started, "loss"))
+    rows += _stage_rows("sft", out / "sft", final, time.perf_counter() - started, "loss")
 
     started = time.perf_counter()
     opd_cfg = load_config(OPDConfig, resolve_path(TINY_OPD), [f"output_dir={out / 'opd'}", f"model.path={final}"])
     opd_final = run_opd(opd_cfg, overwrite=True)
-    rows.append(_stage_row("opd", out / "opd", opd_final, time.perf_counter() - started, "reverse_kl"))
+    rows += _stage_rows("opd", out / "opd", opd_final, time.perf_counter() - started, "reverse_kl")
     _print_summary(rows)
     print(f"\noutputs: {out.resolve()} (metrics.jsonl, tensorboard/, checkpoints/ and final/ per stage)")
 
 
-def _stage_row(stage: str, run_dir: Path, final: Path, wall_s: float, key: str) -> dict:
+def _stage_rows(stage: str, run_dir: Path, final: Path, wall_s: float, key: str) -> list[dict]:
+    """One summary row per stage (per cascade stage for OPD): mean of the first and last 5 steps."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"stage": stage, "steps": len(records), "metric": key, "first": records[0][key], "last": records[-1][key],
-            "wall_s": wall_s, "output": str(final)}
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(f"{stage} {r['stage']}: {Path(r['teacher']).name}" if "teacher" in r else stage, []).append(r)
+    rows = []
+    for name, group in groups.items():
+        values = [r[key] for r in group]
+        head, tail = values[:5], values[-5:]
+        # A cascade stage's time is the sum of its step times; a single stage gets its whole wall time.
+        stage_s = wall_s if len(groups) == 1 else sum(r["step_s"] for r in group)
+        rows.append({"stage": name, "steps": len(group), "metric": key, "first": sum(head) / len(head),
+                     "last": sum(tail) / len(tail), "wall_s": stage_s, "output": ""})
+    rows[-1]["output"] = str(final)
+    return rows
 
 
 def _print_summary(rows: list[dict]) -> None:
-    print("\n stage | steps | metric      |  first |   last | wall (s) | output")
-    print("-------+-------+-------------+--------+--------+----------+------------------------")
+    width = max(len(r["stage"]) for r in rows)
+    print(f"\n {'stage':{width}s} | steps | metric     | first 5 | last 5 | wall (s) | output")
+    print(f"-{'-' * width}-+-------+------------+---------+--------+----------+---------------------")
     for r in rows:
-        print(f" {r['stage']:5s} | {r['steps']:5d} | {r['metric']:11s} | {r['first']:6.3f} | {r['last']:6.3f} | "
+        print(f" {r['stage']:{width}s} | {r['steps']:5d} | {r['metric']:10s} | {r['first']:7.3f} | {r['last']:6.3f} | "
               f"{r['wall_s']:8.1f} | {r['output']}")
 
 
@@ -157,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.sft import RunDirError
 
     try:
-        {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo}[args.command](args)
+        {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval,
+         "report": cmd_report}[args.command](args)
     except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -181,6 +181,14 @@ class LossConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # OPD steps between evaluations of the current student (0: off); also after the last step
+    tasks: list[str] = field(default_factory=lambda: ["addition", "repeat"])  # posttrain.eval.tasks
+    limit: int = 64  # eval-split examples per task
+    max_new_tokens: int = 32
+
+
+@dataclass
 class OPDConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     teachers: list[TeacherStage] = field(default_factory=list)
@@ -188,6 +196,7 @@ class OPDConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6, schedule="constant"))
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(router_aux_loss_coef=0.0, freeze_router=True))
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

@@ -10,6 +10,7 @@ the same rows double as verifiable tasks.
     python scripts/make_builtin_data.py --check    # fails if the files on disk differ from the generator
 
 SFT rows and OPD prompts never overlap: every OPD prompt is checked against the set of SFT prompts.
+No prompt of the verifiable tasks' eval split (`posttrain.eval.tasks`) appears in either.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from posttrain.eval.tasks import ADDITION, TASKS, WORD_POOL, examples  # noqa: E402  (the verifiable tasks' tables)
+
 OUT = ROOT / "data_mixtures" / "data"
 SEED = 1234
 
@@ -72,22 +76,6 @@ GREETING_REPLY = {
     "th": "สวัสดี! วันนี้ให้ช่วยอะไรไหม",
 }
 
-# Addition in each language: (question, answer) templates over {a} {b} {c}.
-ADDITION = {
-    "en": ("What is {a} plus {b}?", "{a} plus {b} is {c}."),
-    "es": ("¿Cuánto es {a} más {b}?", "{a} más {b} es {c}."),
-    "fr": ("Combien font {a} plus {b} ?", "{a} plus {b} font {c}."),
-    "de": ("Was ist {a} plus {b}?", "{a} plus {b} ist {c}."),
-    "zh": ("{a}加{b}等于多少？", "{a}加{b}等于{c}。"),
-    "ja": ("{a}足す{b}はいくつですか？", "{a}足す{b}は{c}です。"),
-    "ko": ("{a} 더하기 {b}는 얼마입니까?", "{a} 더하기 {b}는 {c}입니다."),
-    "ar": ("كم يساوي {a} زائد {b}؟", "{a} زائد {b} يساوي {c}."),
-    "ru": ("Сколько будет {a} плюс {b}?", "{a} плюс {b} будет {c}."),
-    "uk": ("Скільки буде {a} плюс {b}?", "{a} плюс {b} буде {c}."),
-    "hi": ("{a} और {b} का योग क्या है?", "{a} और {b} का योग {c} है।"),
-    "th": ("{a} บวก {b} เท่ากับเท่าไร", "{a} บวก {b} เท่ากับ {c}"),
-}
-
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Spain": "Madrid", "Italy": "Rome", "Japan": "Tokyo",
     "China": "Beijing", "South Korea": "Seoul", "Thailand": "Bangkok", "India": "New Delhi",
@@ -127,10 +115,6 @@ FACTS = [  # (question, short answer, full answer)
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jun", "Kofi", "Lena",
          "Mina", "Noor", "Omar", "Priya", "Quinn", "Ravi", "Sara", "Tomas", "Uma", "Vera", "Wei", "Yuki"]
 ITEMS = ["apples", "books", "coins", "pencils", "stamps", "marbles", "cards", "stickers", "shells", "cookies"]
-WORD_POOL = ["river", "garden", "window", "planet", "silver", "market", "candle", "forest", "rocket",
-             "pillow", "button", "mirror", "orange", "yellow", "guitar", "pepper", "ladder", "basket",
-             "tunnel", "castle", "dragon", "violet", "harbor", "meadow", "copper", "summer", "winter",
-             "bridge", "island", "valley", "thunder", "lantern", "compass", "feather", "blanket"]
 TOPICS = ["the ocean", "a forest", "the moon", "rain", "a city at night", "winter", "friendship",
           "a mountain", "the desert", "a library", "spring", "a river", "the stars", "a garden"]
 HARMFUL = [
@@ -404,8 +388,15 @@ def build() -> dict[str, list[dict]]:
         "sft/math.jsonl": sft_math(rng, 400),
         "sft/multilingual.jsonl": sft_multilingual(rng, 600),
         "sft/completions.jsonl": sft_completions(rng, 200),
+        # The verifiable tasks' train split, whole (their eval split is `posttrain eval`'s).
+        "sft/tasks.jsonl": [{"id": e.id, "messages": [{"role": "user", "content": e.prompt},
+                                                      {"role": "assistant", "content": e.response}]}
+                            for task in TASKS for e in examples(task, "train")],
     }
-    seen = {m["content"] for rows in files.values() for r in rows for m in r.get("messages", []) if m["role"] == "user"}
+    held_out = {e.prompt for task in TASKS for e in examples(task, "eval")}  # `posttrain eval`'s prompts
+    for rel, rows in files.items():
+        files[rel] = [r for r in rows if not held_out & ({m["content"] for m in r.get("messages", [])} | {r.get("prompt")})]
+    seen = held_out | {m["content"] for rows in files.values() for r in rows for m in r.get("messages", []) if m["role"] == "user"}
     seen |= {r["prompt"] for r in files["sft/completions.jsonl"]}
     makers = {
         "instruction_following": opd_instruction_following, "knowledge_reasoning": opd_knowledge_reasoning,

@@ -36,3 +36,15 @@ def ray_local():
     init_ray(RayConfig())
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sft_run(tiny_models, ray_local, tmp_path_factory):
+    """The tiny SFT stage run once, as `posttrain demo` runs it; its `final/` is the OPD tests' student."""
+    from posttrain.config import SFTConfig, load_config
+    from posttrain.sft import run_sft
+
+    out = tmp_path_factory.mktemp("runs") / "sft"
+    run_sft(load_config(SFTConfig, "configs/tiny/sft.yaml", [
+        f"model.path={tiny_models['student']}", f"output_dir={out}", "logging.progress_bar=false"]))
+    return out

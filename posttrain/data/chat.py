@@ -46,6 +46,11 @@ def _tokenize_turn_by_turn(tokenizer, messages: list[dict]) -> TokenizedExample:
         end = len(ids(messages[: i + 1]))
         if full[:end] != ids(messages[: i + 1]):
             raise ValueError("the chat template is not prefix-stable; add {% generation %} markers to it")
+        # The turn ends at its end-of-turn token; what the template adds after it (a newline) is
+        # template text, not something the assistant writes, as the `{% generation %}` markers say.
+        span = full[start:end]
+        if tokenizer.eos_token_id in span:
+            end = start + len(span) - span[::-1].index(tokenizer.eos_token_id)
         for t in range(start, end):
             mask[t] = 1
     return TokenizedExample(full, mask)

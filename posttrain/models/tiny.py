@@ -4,7 +4,11 @@ that marks assistant tokens, a tiny `qwen3_moe` student, a larger `qwen3_moe` te
 `save_pretrained`, and loadable by plain `AutoModelForCausalLM` / `AutoTokenizer`.
 
 No hub is reachable on CI or a laptop, so nothing here downloads anything: the tokenizer is
-trained on the data this repository ships.
+trained on the data this repository ships. The teachers are then warmed up on the shipped SFT data
+(a short plain-torch loop, see `warm_up`): a random-init teacher's distribution is nearly uniform
+and gives distillation nothing to move towards; a warmed-up one knows the data, and the stronger
+`qwen3_next` teacher is trained longer than the `qwen3_moe` one, as in the card's weaker-then-stronger
+cascade. The student stays a random-init base model; the SFT stage is what teaches it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,66 @@ CHAT_TEMPLATE = (
 TOKENIZER_CORPUS = ["data_mixtures/sft_tiny.yaml", "data_mixtures/opd_tiny.yaml"]
 VOCAB_SIZE = 4096
 MODEL_NAMES = ("student", "teacher-moe", "teacher-next")
+WARM_UP_STEPS = {"student": 0, "teacher-moe": 80, "teacher-next": 200}
+WARM_UP_BATCH = 32
+WARM_UP_LR = 3e-3
+
+
+def _sft_conversations() -> list[list[dict]]:
+    from posttrain.data.mixture import load_mixture_spec, read_source_rows
+
+    spec = load_mixture_spec(resolve_path(TOKENIZER_CORPUS[0]))
+    return [row["messages"] for source in spec.sources for row in read_source_rows(source)]
+
+
+def warm_up(model, tokenizer, steps: int, seed: int) -> float:
+    """Train `model` for `steps` AdamW steps on the shipped SFT conversations (assistant tokens only).
+
+    Written by hand rather than through the SFT stage so that `posttrain tiny` needs neither Ray nor
+    DeepSpeed and takes about a minute. Right-padded batches with an attention mask, not packing:
+    the reference (non-CUDA) kernels of `qwen3_next`'s linear attention ignore packed position ids.
+    Returns the last step's loss.
+    """
+    from posttrain.data.chat import tokenize_conversation
+
+    examples = [tokenize_conversation(tokenizer, m) for m in _sft_conversations()]
+    # CPU kernels reduce in a thread-count-dependent order; one thread makes the build bit-exact
+    # from the seed (and costs little at this size).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _warm_up_loop(model, tokenizer, examples, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
+
+
+def _warm_up_loop(model, tokenizer, examples, steps: int, seed: int) -> float:
+    from posttrain.data.packing import IGNORE
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=WARM_UP_LR, weight_decay=0.0)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        batch = [examples[i] for i in torch.randint(len(examples), (WARM_UP_BATCH,), generator=generator).tolist()]
+        width = max(len(e.input_ids) for e in batch)
+        input_ids_BT = torch.full((len(batch), width), tokenizer.pad_token_id)
+        attention_mask_BT = torch.zeros((len(batch), width), dtype=torch.long)
+        labels_BT = torch.full((len(batch), width), IGNORE)
+        for row, e in enumerate(batch):
+            n = len(e.input_ids)
+            input_ids_BT[row, :n] = torch.tensor(e.input_ids)
+            attention_mask_BT[row, :n] = 1
+            labels_BT[row, :n] = torch.where(torch.tensor(e.loss_mask, dtype=torch.bool), torch.tensor(e.input_ids), IGNORE)
+        for group in optimizer.param_groups:  # linear decay to 10%
+            group["lr"] = WARM_UP_LR * (1 - 0.9 * step / max(1, steps - 1))
+        loss = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT, labels=labels_BT, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def _corpus_texts() -> list[str]:
@@ -159,13 +223,17 @@ def build_tiny_suite(output_dir: str | Path, seed: int = 0, force: bool = False)
         torch.manual_seed(seed * 1000 + offset)
         config = make_config(vocab_size, tokenizer)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if WARM_UP_STEPS[name]:
+            loss = warm_up(model, tokenizer, WARM_UP_STEPS[name], seed=seed * 1000 + offset)
+            print(f"[posttrain] warmed up {name}: {WARM_UP_STEPS[name]} steps on the SFT data, loss {loss:.3f}", flush=True)
         model.generation_config = GenerationConfig(
             eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=True,
             temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64,
         )
         model.save_pretrained(tmp / name)
         tokenizer.save_pretrained(tmp / name)
-    (tmp / "tiny_suite.json").write_text(json.dumps({"seed": seed, "vocab_size": vocab_size, "models": list(builders)}, indent=2))
+    (tmp / "tiny_suite.json").write_text(json.dumps(
+        {"seed": seed, "vocab_size": vocab_size, "models": list(builders), "warm_up_steps": WARM_UP_STEPS}, indent=2))
 
     if output_dir.exists():
         shutil.rmtree(output_dir)

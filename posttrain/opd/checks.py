@@ -11,6 +11,30 @@ class VocabularyMismatch(ValueError):
     """A teacher does not share the student's vocabulary, so it cannot score the student's tokens."""
 
 
+def check_budgets(cfg: OPDConfig) -> None:
+    """A whole prompt + response must fit one packed micro-batch; a sample is never split."""
+    longest = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
+    if cfg.data.pack_tokens < longest:
+        raise ConfigError(
+            f"data.pack_tokens ({cfg.data.pack_tokens}) must be >= data.max_prompt_len + rollout.max_new_tokens "
+            f"({cfg.data.max_prompt_len} + {cfg.rollout.max_new_tokens} = {longest})"
+        )
+
+
+def check_student(cfg: OPDConfig) -> None:
+    """The student must exist; the default is the SFT stage's export, so say how to make it."""
+    path = Path(cfg.model.path)
+    if path.exists() or (path.name in ("student",) and cfg.model.build_tiny_if_missing):
+        return
+    if not path.is_absolute() and cfg.model.path.count("/") == 1 and not cfg.model.path.startswith("."):
+        return  # a hub id: transformers resolves it
+    raise FileNotFoundError(
+        f"model.path: the student {cfg.model.path} does not exist. The default student is the SFT stage's "
+        f"export: run `posttrain sft --config configs/tiny/sft.yaml --output-dir {path.parent}` first, "
+        "or pass --student PATH (a local HF model directory or a hub id)"
+    )
+
+
 def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
     from transformers import AutoConfig, AutoTokenizer
 

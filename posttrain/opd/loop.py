@@ -13,11 +13,12 @@ import torch
 import yaml
 
 from posttrain import checkpoint
-from posttrain.config import OPDConfig, TeacherStage, to_dict
+from posttrain.config import ConfigError, EvalConfig, OPDConfig, TeacherStage, to_dict
 from posttrain.data.packing import pack
 from posttrain.metrics import RunLog
-from posttrain.opd.checks import check_cascade
+from posttrain.opd.checks import check_budgets, check_cascade, check_student
 from posttrain.sft import load_tokenizer, prepare_output_dir
+from posttrain.train.losses import expert_imbalance
 
 
 def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> dict:
@@ -54,6 +55,10 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
     response_tokens = sum(len(s.response_ids) for s in samples)
     reverse_kl = sum(float(sum(s.sampler_logprobs) - score["logprobs"].sum()) for s, score in zip(samples, scores))
     step_s = rollout_s + teacher_s + train_s + sync_s
+    router = {}
+    if result["expert_counts"] is not None:  # per layer: busiest expert / mean (1.0 = balanced)
+        router = {"expert_imbalance": [round(x, 4) for x in expert_imbalance(result["expert_counts"])],
+                  "expert_load": result["expert_counts"].int().tolist()}
     return {
         "reverse_kl": reverse_kl / response_tokens,
         "loss": result["totals"]["loss_sum"] / max(1, result["global_targets"]),
@@ -61,13 +66,37 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
         "truncated_frac": sum(s.truncated for s in samples) / len(samples),
         "rollout_s": rollout_s, "teacher_s": teacher_s, "train_s": train_s, "sync_s": sync_s, "step_s": step_s,
         "tokens": int(result["totals"]["tokens"]), "tokens_per_s": result["totals"]["tokens"] / step_s,
-        "lr": result["lr"], "grad_norm": result["grad_norm"],
+        "lr": result["lr"], "grad_norm": result["grad_norm"], **router,
     }
 
 
 def _after_prompt(values: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Per-response-token values laid out over prompt + response tokens (zeros over the prompt)."""
     return torch.cat([torch.zeros((prompt_len, *values.shape[1:]), dtype=values.dtype), values])
+
+
+def eval_set(cfg: EvalConfig) -> list:
+    """The eval-split examples the run is scored on every `eval.every` steps (none when off)."""
+    from posttrain.eval.tasks import TASKS, examples
+
+    if cfg.every <= 0:
+        return []
+    for task in cfg.tasks:
+        if task not in TASKS:
+            raise ConfigError(f"eval.tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    return [e for task in cfg.tasks for e in examples(task, "eval", limit=cfg.limit)]
+
+
+def _evaluate(rollout, tokenizer, eval_examples: list, seed: int) -> dict:
+    """Greedy task accuracy of the rollout workers' weights (the trainer's, after the sync)."""
+    from posttrain.eval.run import task_accuracy
+
+    started = time.perf_counter()
+    result = task_accuracy(rollout.generate, tokenizer, eval_examples, seed)
+    metrics = {f"eval/{task}": r["accuracy"] for task, r in result.items()}
+    metrics.update({f"eval/{task}_len": r["response_len"] for task, r in result.items()})
+    metrics["eval_s"] = time.perf_counter() - started
+    return metrics
 
 
 def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]:
@@ -89,6 +118,9 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
 
     out = Path(cfg.output_dir)
     # 1. Checks before any work: the cascade, one shared vocabulary, the prompt mixture.
+    check_budgets(cfg)
+    check_student(cfg)
+    eval_examples = eval_set(cfg.eval)
     tokenizer = load_tokenizer(cfg.model)
     check_cascade(cfg, tokenizer)
     prepare_output_dir(out, resume, overwrite)
@@ -127,6 +159,8 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                 teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code), index
             record = opd_step(step, prompts.batch(state["cursor"], per_step), rollout, teacher, trainer, cfg)
             state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
+            if eval_examples and (step % cfg.eval.every == 0 or step == total_steps):
+                record.update(_evaluate(rollout, tokenizer, eval_examples, seed=step))
             log.log({"step": step, "stage": index + 1, "teacher": cfg.teachers[index].path, "stage_step": stage_step,
                      **record})
             stopping = step == cfg.trainer.stop_after_step

@@ -35,7 +35,6 @@ def topk_reverse_kl_loss(logits_TV: torch.Tensor, topk_ids_TK: torch.Tensor, tea
     # The tail bucket: all tokens outside the teacher's top-k, as one outcome.
     student_tail_T = (1 - student_p_TK.sum(-1)).clamp_min(1e-12)
     teacher_tail_T = (1 - teacher_topk_logp_TK.exp().sum(-1)).clamp_min(1e-12)
-    has_tail_T = (teacher_topk_logp_TK.shape[-1] < logits_TV.shape[-1])
-    if has_tail_T:
+    if teacher_topk_logp_TK.shape[-1] < logits_TV.shape[-1]:
         kl_T = kl_T + student_tail_T * (student_tail_T.log() - teacher_tail_T.log())
     return kl_T

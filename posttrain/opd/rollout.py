@@ -51,11 +51,14 @@ class HFRolloutWorker:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     @torch.no_grad()
-    def generate(self, prompts: list[tuple[int, list[int]]], seed: int) -> list[Sample]:
-        """`prompts`: (prompt_index, token ids); each is sampled `samples_per_prompt` times."""
+    def generate(self, prompts: list[tuple[int, list[int]]], seed: int, greedy: bool = False) -> list[Sample]:
+        """`prompts`: (prompt_index, token ids); each is sampled `samples_per_prompt` times
+        (`greedy`: once, by argmax — evaluation)."""
         cfg = self.cfg
         torch.manual_seed(seed)
-        jobs = [(index, ids) for index, ids in prompts for _ in range(cfg.samples_per_prompt)]
+        jobs = [(index, ids) for index, ids in prompts for _ in range(1 if greedy else cfg.samples_per_prompt)]
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": cfg.temperature,
+                                                         "top_p": cfg.top_p, "top_k": 0}
         samples = []
         for start in range(0, len(jobs), cfg.batch_size):
             chunk = jobs[start:start + cfg.batch_size]
@@ -67,8 +70,7 @@ class HFRolloutWorker:
                 attention_mask[row, width - len(ids):] = 1
             out = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+                **sampling, max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
                 output_scores=True, return_dict_in_generate=True,
             )
             new_BN = out.sequences[:, width:].cpu()
@@ -97,12 +99,13 @@ class RolloutGroup:
         self.workers = spawn(worker_cls, self.placement, cfg.cpus_per_worker, cfg.gpus_per_worker,
                              lambda i: (model_path, cfg, max(1, int(cfg.cpus_per_worker)), trust_remote_code))
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> list[Sample]:
+    def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
         import ray
 
         indexed = list(enumerate(prompt_ids))
         shards = [indexed[i::len(self.workers)] for i in range(len(self.workers))]
-        results = ray.get([w.generate.remote(shard, seed * 1000 + i) for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard])
+        results = ray.get([w.generate.remote(shard, seed * 1000 + i, greedy)
+                           for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard])
         samples = [s for part in results for s in part]
         return sorted(samples, key=lambda s: s.prompt_index)  # stable: samples of a prompt keep their order
 

@@ -40,12 +40,15 @@ class VLLMRolloutWorker:
                        # the log-probs of the distribution actually sampled (after temperature / top-p)
                        logprobs_mode="processed_logprobs")
 
-    def generate(self, prompts: list[tuple[int, list[int]]], seed: int) -> list[Sample]:
+    def generate(self, prompts: list[tuple[int, list[int]]], seed: int, greedy: bool = False) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=self.cfg.samples_per_prompt, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_new_tokens, logprobs=0, seed=seed)
+        if greedy:  # evaluation: one argmax response per prompt
+            params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.max_new_tokens, logprobs=0)
+        else:
+            params = SamplingParams(n=self.cfg.samples_per_prompt, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                    max_tokens=self.cfg.max_new_tokens, logprobs=0, seed=seed)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in prompts], params, use_tqdm=False)
         samples = []
         for (index, _), output in zip(prompts, outputs):

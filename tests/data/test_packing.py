@@ -12,7 +12,9 @@ def test_packed_forward_equals_separate_forwards(tiny_models):
     [batch] = pack([(ids, [1] * len(ids)) for ids in examples], budget=64)
     assert batch.num_tokens == 24 and batch.position_ids.tolist()[:7] == list(range(7))
     with torch.no_grad():
-        packed = model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None]).logits[0]
+        # use_cache=False as in training: transformers only reads packed position ids without a KV cache.
+        packed = model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
+                       use_cache=False).logits[0]
         separate = torch.cat([model(input_ids=torch.tensor([ids])).logits[0] for ids in examples])
     assert torch.allclose(packed, separate, atol=1e-5)
 

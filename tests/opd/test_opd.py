@@ -15,8 +15,8 @@ from posttrain.opd.loop import cascade_position, run_opd
 TINY = "configs/tiny/opd.yaml"
 
 
-def config(tiny_models, out, stages=(6, 6), *overrides):
-    cfg = load_config(OPDConfig, TINY, [f"model.path={tiny_models['student']}", f"output_dir={out}",
+def config(tiny_models, out, stages=(6, 6), *overrides, student=None):
+    cfg = load_config(OPDConfig, TINY, [f"model.path={student or tiny_models['student']}", f"output_dir={out}",
                                         "logging.progress_bar=false", "logging.tensorboard=false", *overrides])
     cfg.teachers = [TeacherStage(str(tiny_models["teacher-moe"]), stages[0]),
                     TeacherStage(str(tiny_models["teacher-next"]), stages[1])][:len(stages)]
@@ -48,17 +48,32 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_rollout(tiny_mo
     assert not ray.is_initialized() or not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, ray_local, tmp_path):
+def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, tmp_path):
+    """The shipped tiny config, from the SFT'd student as in the demo: each stage moves it to its teacher."""
     out = tmp_path / "opd"
-    run_opd(config(tiny_models, out, (10, 10)))
+    cfg = config(tiny_models, out, student=sft_run / "final")
+    steps = [stage.steps for stage in load_config(OPDConfig, TINY).teachers]
+    cfg.teachers = [TeacherStage(stage.path, n) for stage, n in zip(cfg.teachers, steps)]
+    run_opd(cfg)
     rows = records(out)
-    assert [r["stage"] for r in rows] == [1] * 10 + [2] * 10
+    assert [r["stage"] for r in rows] == [1] * steps[0] + [2] * steps[1]
     assert rows[0]["teacher"].endswith("teacher-moe") and rows[-1]["teacher"].endswith("teacher-next")
     for stage in (1, 2):
         kl = [r["reverse_kl"] for r in rows if r["stage"] == stage]
         assert sum(kl[-5:]) / 5 < sum(kl[:5]) / 5, kl
-    for key in ("loss", "response_len", "rollout_s", "teacher_s", "train_s", "sync_s", "tokens_per_s", "truncated_frac"):
+    for key in ("loss", "response_len", "rollout_s", "teacher_s", "train_s", "sync_s", "tokens_per_s", "truncated_frac",
+                "eval/addition", "eval/repeat", "expert_imbalance"):
         assert key in rows[-1]
+    assert [r["step"] for r in rows if "eval/addition" in r] == list(range(10, len(rows) + 1, 10))
+
+    # posttrain report: the plots and the page, from this run's metrics.
+    from posttrain.cli import main
+
+    assert main(["report", str(out)]) == 0
+    for name in ("loss.png", "reverse_kl.png", "eval.png", "tokens_per_s.png", "time_split.png", "expert_load.png"):
+        assert (out / "report" / name).stat().st_size > 1000
+    page = (out / "report.md").read_text()
+    assert "![reverse_kl.png](report/reverse_kl.png)" in page and "teacher-next" in page
 
 
 def test_resume_in_the_second_stage_gives_the_uninterrupted_weights(tiny_models, ray_local, tmp_path):

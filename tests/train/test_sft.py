@@ -22,9 +22,8 @@ def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tiny_sft_learns_and_exports_an_hf_model(tiny_models, ray_local, tmp_path):
-    out = tmp_path / "sft"
-    final = run_sft(config(tiny_models, out))
+def test_tiny_sft_learns_and_exports_an_hf_model(sft_run):
+    out, final = sft_run, sft_run / "final"
     rows = records(out)
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
