@@ -62,10 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_stage_config(cls, args):
     from posttrain.config import load_config
 
+    from posttrain.sft import holds_run
+
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    return load_config(cls, resolve_path(args.config), overrides)
+    cfg = load_config(cls, resolve_path(args.config), overrides)
+    explicit = args.output_dir or any(o.startswith("output_dir=") for o in overrides)
+    if not explicit and not (args.resume or args.overwrite) and holds_run(Path(cfg.output_dir)):
+        # The config's default directory holds an earlier run: never touch it, take the next free
+        # sibling (runs/opd-1, runs/opd-2, ...). A directory named on the command line is refused instead.
+        n = 1
+        while holds_run(Path(f"{cfg.output_dir}-{n}")):
+            n += 1
+        print(f"[posttrain] {cfg.output_dir} holds an earlier run; writing to {cfg.output_dir}-{n} "
+              "(--output-dir DIR to choose, --resume / --overwrite to reuse it)", flush=True)
+        cfg.output_dir = f"{cfg.output_dir}-{n}"
+    return cfg
 
 
 def cmd_tiny(args) -> None:

@@ -18,9 +18,12 @@ class RunDirError(RuntimeError):
     """The output directory holds another run."""
 
 
+def holds_run(out: Path) -> bool:
+    return (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+
+
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
-    if holds_run and not (resume or overwrite):
+    if holds_run(out) and not (resume or overwrite):
         raise RunDirError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if overwrite and out.exists():
         shutil.rmtree(out)
