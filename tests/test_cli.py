@@ -12,7 +12,7 @@ def _args(*argv):
 
 def test_the_config_default_directory_is_never_reused_silently(tmp_path, capsys):
     default = tmp_path / "sft"
-    (default).mkdir()
+    default.mkdir()
     (default / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "sft-1").mkdir()
     (tmp_path / "sft-1" / "metrics.jsonl").write_text("{}\n")
@@ -25,7 +25,7 @@ def test_the_config_default_directory_is_never_reused_silently(tmp_path, capsys)
     raw = yaml.safe_load(open("configs/tiny/sft.yaml"))
     raw["output_dir"] = str(default)
     config.write_text(yaml.safe_dump(raw))
-    args, extra = build_parser().parse_known_args(["sft", "--config", str(config)])
+    args, _ = build_parser().parse_known_args(["sft", "--config", str(config)])
     cfg = _load_stage_config(SFTConfig, args)
     assert cfg.output_dir == f"{default}-2"
     assert "holds an earlier run" in capsys.readouterr().out
