@@ -53,6 +53,7 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
     sync_s = time.perf_counter() - timer
 
     response_tokens = sum(len(s.response_ids) for s in samples)
+    padding = _padding(prompts, samples, cfg)
     reverse_kl = sum(float(sum(s.sampler_logprobs) - score["logprobs"].sum()) for s, score in zip(samples, scores))
     step_s = rollout_s + teacher_s + train_s + sync_s
     router = {}
@@ -66,8 +67,26 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
         "truncated_frac": sum(s.truncated for s in samples) / len(samples),
         "rollout_s": rollout_s, "teacher_s": teacher_s, "train_s": train_s, "sync_s": sync_s, "step_s": step_s,
         "tokens": int(result["totals"]["tokens"]), "tokens_per_s": result["totals"]["tokens"] / step_s,
-        "lr": result["lr"], "grad_norm": result["grad_norm"], **router,
+        "lr": result["lr"], "grad_norm": result["grad_norm"], **padding, **router,
     }
+
+
+def _padding(prompts, samples, cfg: OPDConfig) -> dict:
+    """Pad fraction of the hf rollout and teacher batches (training is packed: no padding at all)."""
+    from posttrain.opd.batching import rollout_padding, teacher_padding
+
+    prompt_lens = [len(prompts[s.prompt_index].input_ids) for s in samples]
+    response_lens = [len(s.response_ids) for s in samples]
+    record = {}
+    if cfg.rollout.backend == "hf":
+        pad, total = rollout_padding(prompt_lens, response_lens, cfg.rollout.batch_size, cfg.rollout.num_workers,
+                                     cfg.rollout.samples_per_prompt)
+        record["rollout_pad_frac"] = pad / max(1, total)
+    if cfg.teacher.backend == "hf":
+        pad, total = teacher_padding([p + r for p, r in zip(prompt_lens, response_lens)], cfg.teacher.batch_size,
+                                     cfg.teacher.num_workers)
+        record["teacher_pad_frac"] = pad / max(1, total)
+    return record
 
 
 def _after_prompt(values: torch.Tensor, prompt_len: int) -> torch.Tensor:

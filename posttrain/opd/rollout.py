@@ -14,6 +14,7 @@ import torch
 
 from posttrain.cluster import release, reserve, spawn
 from posttrain.config import RolloutConfig
+from posttrain.opd.batching import length_sorted_batches
 
 
 @dataclass
@@ -60,8 +61,8 @@ class HFRolloutWorker:
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": cfg.temperature,
                                                          "top_p": cfg.top_p, "top_k": 0}
         samples = []
-        for start in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[start:start + cfg.batch_size]
+        for batch in length_sorted_batches([len(ids) for _, ids in jobs], cfg.batch_size):
+            chunk = [jobs[i] for i in batch]
             width = max(len(ids) for _, ids in chunk)
             input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)

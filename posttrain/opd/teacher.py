@@ -12,6 +12,7 @@ import torch
 
 from posttrain.cluster import release, reserve, spawn
 from posttrain.config import TeacherConfig
+from posttrain.opd.batching import length_sorted_batches
 
 
 class HFTeacherWorker:
@@ -32,9 +33,9 @@ class HFTeacherWorker:
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
         """Per (prompt_ids, response_ids): `logprobs` [R] of the response tokens; with `topk`, also
         `topk_ids` / `topk_logprobs` [R, k] of the teacher's own distribution at those positions."""
-        results = []
-        for start in range(0, len(sequences), self.cfg.batch_size):
-            chunk = sequences[start:start + self.cfg.batch_size]
+        results: list[dict] = [None] * len(sequences)  # type: ignore[list-item]
+        for batch in length_sorted_batches([len(p) + len(r) for p, r in sequences], self.cfg.batch_size):
+            chunk = [sequences[i] for i in batch]
             width = max(len(p) + len(r) for p, r in chunk)
             input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -50,7 +51,7 @@ class HFTeacherWorker:
                 if topk:
                     values, indices = logp_RV.topk(min(topk, logp_RV.shape[-1]), dim=-1)
                     entry.update(topk_ids=indices.cpu(), topk_logprobs=values.cpu())
-                results.append(entry)
+                results[batch[row]] = entry
         return results
 
 

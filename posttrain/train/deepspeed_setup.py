@@ -38,7 +38,7 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig) -> dict:
 
 def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
-                             weight_decay=optim.weight_decay)
+                             weight_decay=optim.weight_decay, fused=optim.fused or None)
 
 
 def make_schedule(optimizer, optim: OptimConfig, total_steps: int):
