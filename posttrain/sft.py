@@ -65,7 +65,8 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
 
     # 2. The trainer workers.
     init_ray(cfg.ray, ray_address)
-    group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
+    group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
+                         lora=cfg.lora)
     try:
         if found is not None:
             path, state = found
