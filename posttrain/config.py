@@ -417,6 +417,14 @@ def _check_levers(cfg, where: str) -> None:
     if ds is not None and ds.offload_params != "none" and ds.zero_stage != 3:
         raise ConfigError(f"{where}: 'deepspeed.offload_params: {ds.offload_params}' needs 'deepspeed.zero_stage: 3' "
                           f"(ZeRO-2 keeps whole parameters on every device), got zero_stage {ds.zero_stage}")
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.colocate:
+        for group in ("rollout", "teacher"):
+            count = getattr(cfg, group).num_workers
+            if count > cfg.trainer.num_workers:
+                raise ConfigError(f"{where}: 'rollout.colocate' puts the {group} workers in the trainer's bundles, one per "
+                                  f"device: '{group}.num_workers' ({count}) must be <= 'trainer.num_workers' "
+                                  f"({cfg.trainer.num_workers})")
     if lora is not None and lora.enabled:
         if not 0 <= lora.dropout < 1:
             raise ConfigError(f"{where}: 'lora.dropout' must be in [0, 1), got {lora.dropout!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.config import ConfigError, OPDConfig
+from posttrain.config import OPDConfig
 
 
 @dataclass
@@ -35,11 +35,7 @@ class Colocation:
     def __init__(self, cfg: OPDConfig):
         from posttrain.cluster import default_cpus_per_worker, reserve
 
-        n = cfg.trainer.num_workers
-        for group, count in (("rollout", cfg.rollout.num_workers), ("teacher", cfg.teacher.num_workers)):
-            if count > n:
-                raise ConfigError(f"rollout.colocate: {group}.num_workers ({count}) must be <= trainer.num_workers "
-                                  f"({n}): colocated workers live in the trainer's bundles, one per device")
+        n = cfg.trainer.num_workers  # rollout/teacher.num_workers <= n: checked with the config
         side = cfg.rollout.cpus_per_worker + cfg.teacher.cpus_per_worker
         trainer_cpus = cfg.trainer.cpus_per_worker or max(1.0, default_cpus_per_worker(n) - side)
         gpus = cfg.trainer.gpus_per_worker
