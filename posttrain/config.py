@@ -197,7 +197,9 @@ class RolloutConfig:
     sync_bucket_mb: int = 512  # weight sync moves buckets of this size, not tensor by tensor
     gpu_memory_utilization: float = 0.5  # vllm
     # Share the trainer's devices: rollout and teacher workers live in the trainer's placement-group
-    # bundles and sleep (vLLM sleep mode; hf: weights to host memory) while the others work.
+    # bundles and sleep (vLLM sleep mode; hf: weights to host memory) while the others work
+    # (posttrain.opd.colocate). Their gpus_per_worker are then ignored; with vLLM, each engine's
+    # gpu_memory_utilization must fit beside the trainer's resident weights and optimizer state.
     colocate: bool = False
 
 

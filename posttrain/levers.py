@@ -7,8 +7,10 @@ parallel size and the levers (LoRA, activation checkpointing, ZeRO-Offload, colo
   P  total parameters, P_t trainable ones (P without LoRA; the adapters' count with it)
   N  data-parallel devices, w bytes per weight (2 for bf16, 4 for fp32)
   weights      P·w            ZeRO-3: P·w/N      ZeRO-3 + offload_params: ~2 layers gathered at a time
-  gradients    P_t·w/N        (ZeRO-2 and 3 partition them; 0 for frozen parameters)
-  optimizer    P_t·12/N (bf16: fp32 master + Adam m, v) or P_t·8/N (fp32: m, v)    offload_optimizer: 0 (on the host)
+  gradients    P_t·(w+4)/N    (ZeRO-2 and 3 partition them, and keep the partition's fp32 copy for
+                              the optimizer; 0 for frozen parameters)
+  optimizer    P_t·12/N       (DeepSpeed's fp32 master partition + Adam m, v, in fp32 training too)
+                              offload_optimizer: 0 on the device (P_t·12/N on the host)
   activations  T·L·a (T tokens per micro-batch, L layers, a bytes per token per layer, below)
                activation checkpointing: T·L·h·w + T·a (layer inputs kept, one layer recomputed at a time)
   logits       T·V·4 (fp32 log-softmax over the vocabulary; not reduced by any lever here)
@@ -39,16 +41,19 @@ def lora_parameters(config, lora: LoRAConfig) -> int:
 
 
 def activation_bytes_per_token_layer(config, w: int) -> float:
-    """Saved activations of one qwen3_moe decoder layer per token (bf16/fp32 elements x w): the norms'
-    outputs, q/k/v, attention output, residuals, the router logits (fp32) and, for each of the top-k
-    experts a token reaches, its input copy, gate/up projections, activation and output."""
+    """Saved activations of one qwen3_moe decoder layer per token (elements x w bytes), as autograd
+    keeps them with SDPA/flash attention (no T² term): attention — the norm's input and output, q/k/v
+    before and after their norms and rotary, the attention output (3h + 5q + 5kv); MoE — the norm's
+    input and output, the residual, the router's fp32 logits, and for each of the top-k experts a
+    token reaches its input copy, gate/up output, the activation's inputs and output, and the
+    weighted output (k·(2h + 5ff))."""
     h = config.hidden_size
     head_dim = getattr(config, "head_dim", h // config.num_attention_heads)
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
     k = getattr(config, "num_experts_per_tok", 1)
     ff = getattr(config, "moe_intermediate_size", 0) or config.intermediate_size
-    attention = 4 * h + 3 * q + 2 * kv
-    moe = 2 * h + k * (2 * h + 3 * ff)
+    attention = 3 * h + 5 * q + 5 * kv
+    moe = 3 * h + k * (2 * h + 5 * ff)
     return (attention + moe) * w + getattr(config, "num_experts", 0) * 4
 
 
@@ -69,7 +74,7 @@ def training_memory(config, *, num_devices: int = 1, zero_stage: int = 2, bf16: 
         weights = total * w / n
     else:
         weights = total * w
-    optimizer = trainable * (12 if bf16 else 8) / n
+    optimizer = trainable * 12 / n
     per_layer = activation_bytes_per_token_layer(config, w)
     if activation_checkpointing:
         activations = tokens * layers * config.hidden_size * w + tokens * per_layer
@@ -77,7 +82,7 @@ def training_memory(config, *, num_devices: int = 1, zero_stage: int = 2, bf16: 
         activations = tokens * layers * per_layer
     memory = {
         "weights": weights,
-        "gradients": trainable * w / n,
+        "gradients": trainable * (w + 4) / n,
         "optimizer": 0.0 if offload_optimizer else optimizer,
         "activations": activations,
         "logits": tokens * config.vocab_size * 4,

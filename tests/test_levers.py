@@ -32,4 +32,5 @@ def test_each_lever_shrinks_its_component():
     z3 = training_memory(config, num_devices=8, zero_stage=3)
     z3_offload = training_memory(config, num_devices=8, zero_stage=3, offload_params=True, offload_optimizer=True)
     assert z3["weights"] == base["weights"] / 8 and z3_offload["weights"] < z3["weights"]
-    assert colocated_peak(base, 20e9, 30e9) == base["weights"] + base["gradients"] + base["optimizer"] + 30e9
+    assert colocated_peak(base, 60e9, 80e9) == base["weights"] + base["gradients"] + base["optimizer"] + 80e9
+    assert colocated_peak(base, 1e9, 1e9) == base["total"]  # the engines asleep while the trainer steps

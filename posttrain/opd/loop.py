@@ -116,6 +116,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     from posttrain.opd.rollout import RolloutGroup
     from posttrain.opd.teacher import TeacherGroup
     from posttrain.train.group import TrainerGroup
+    from posttrain.train.lora import check_lora
 
     out = Path(cfg.output_dir)
     # 1. Checks before any work: the cascade, one shared vocabulary, the prompt mixture.
@@ -123,6 +124,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     check_student(cfg)
     eval_examples = eval_set(cfg.eval)
     tokenizer = load_tokenizer(cfg.model)
+    check_lora(cfg.model, cfg.lora)
     check_cascade(cfg, tokenizer)
     prepare_output_dir(out, resume, overwrite)
     prompts = OPDPrompts(cfg.data, tokenizer, seed=cfg.trainer.seed)

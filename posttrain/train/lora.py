@@ -24,7 +24,8 @@ def apply_lora(model, cfg: LoRAConfig):
     from peft import LoraConfig, get_peft_model
 
     peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules) or None,
+                          # [] (not None, which would pick peft's per-architecture default): only target_parameters
+                          target_modules=list(cfg.target_modules),
                           target_parameters=list(cfg.target_parameters) or None, bias="none")
     try:
         return get_peft_model(model, peft_cfg)
@@ -79,3 +80,15 @@ def merged_state_dict(peft_model, state: dict[str, torch.Tensor] | None, zero3: 
 
 def adapter_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if is_adapter(k)}
+
+
+def check_lora(model_cfg, cfg: LoRAConfig) -> None:
+    """Apply `cfg` to the model's architecture on the meta device (no weights): a target that matches
+    nothing fails here, before Ray or a worker starts, with peft's message."""
+    if not cfg.enabled:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
+    with torch.device("meta"):
+        apply_lora(AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code), cfg)

@@ -136,7 +136,10 @@ def test_lora_sft_checkpoints_only_adapters_resumes_exactly_and_exports_merged(t
     assert changed and all(k.rsplit(".", 1)[0].endswith(ATTENTION) for k in changed), changed
 
 
-def test_lever_combinations_that_cannot_work_are_refused(tiny_models):
+def test_lever_combinations_that_cannot_work_are_refused(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match=r"lora: target_modules \['qproj'\] .* do not match the model: "
+                                         r"Target modules \{'qproj'\} not found"):
+        run_sft(sft_config(tiny_models, tmp_path / "run", "lora.target_modules=[qproj]"))  # on the meta device, before Ray
     with pytest.raises(ConfigError, match=r"'deepspeed.offload_params: cpu' needs 'deepspeed.zero_stage: 3'"):
         sft_config(tiny_models, "x", "deepspeed.offload_params=cpu")
     with pytest.raises(ConfigError, match=r"adapts the router \(mlp.gate.weight\) but 'trainer.freeze_router' is true"):
