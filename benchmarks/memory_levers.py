@@ -197,7 +197,8 @@ def render(rows, base, config, args, gpu) -> str:
     lines += [
         "",
         f"Reproduce: `python benchmarks/memory_levers.py --tokens {args.tokens} --micro-batches {args.micro_batches} "
-        f"--steps {args.steps}`.",
+        f"--steps {args.steps}`. s/step is indicative only (a small machine shared with other jobs); "
+        "activation checkpointing's recompute includes the eager per-expert loop of transformers' MoE block.",
         "",
     ]
     if not gpu:
