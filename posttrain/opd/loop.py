@@ -130,10 +130,12 @@ def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]
 
 def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
     from posttrain.cluster import init_ray
+    from posttrain.opd.colocate import Colocation, SleepingRollout, SleepingTeacher
     from posttrain.opd.data import OPDPrompts
     from posttrain.opd.rollout import RolloutGroup
     from posttrain.opd.teacher import TeacherGroup
     from posttrain.train.group import TrainerGroup
+    from posttrain.train.lora import check_lora
 
     out = Path(cfg.output_dir)
     # 1. Checks before any work: the cascade, one shared vocabulary, the prompt mixture.
@@ -141,6 +143,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     check_student(cfg)
     eval_examples = eval_set(cfg.eval)
     tokenizer = load_tokenizer(cfg.model)
+    check_lora(cfg.model, cfg.lora)
     check_cascade(cfg, tokenizer)
     prepare_output_dir(out, resume, overwrite)
     prompts = OPDPrompts(cfg.data, tokenizer, seed=cfg.trainer.seed)
@@ -155,8 +158,12 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
 
     # 2. The three worker groups (the teacher group is made per cascade stage).
     init_ray(cfg.ray, ray_address)
-    trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
-    rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code)
+    # rollout.colocate: the three groups share the trainer's devices and sleep in turn (posttrain.opd.colocate).
+    shared = Colocation(cfg) if cfg.rollout.colocate else None
+    trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
+                           lora=cfg.lora, share=shared and shared.trainer)
+    rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code, share=shared and shared.rollout)
+    rollout = SleepingRollout(rollout) if shared else rollout
     teacher, loaded_index = None, None
     try:
         if found is not None:
@@ -175,7 +182,9 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
             if index != loaded_index:
                 if teacher is not None:
                     teacher.shutdown()  # the old teacher's devices are free before the next one loads
-                teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code), index
+                teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code,
+                                                     share=shared and shared.teacher), index
+                teacher = SleepingTeacher(teacher) if shared else teacher
             record = opd_step(step, prompts.batch(state["cursor"], per_step), rollout, teacher, trainer, cfg)
             state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
             if eval_examples and (step % cfg.eval.every == 0 or step == total_steps):
@@ -196,5 +205,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
         for group in (teacher, rollout, trainer):
             if group is not None:
                 group.shutdown()
+        if shared is not None:
+            shared.release()
     print(f"[opd] done: metrics {out / 'metrics.jsonl'}, checkpoints {ckpt_root}, model {out / 'final'}", flush=True)
     return out / "final"
