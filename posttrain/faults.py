@@ -8,7 +8,7 @@ outside the tests — every hook is a dictionary lookup that answers no. The fau
                                    on disk, no manifest, not committed)
   enospc_during_checkpoint_write:N the same moment raises OSError(ENOSPC), as a full disk does
   nan_loss:N                       trainer workers multiply step N's loss by NaN (all ranks)
-  kill_trainer_worker:N            the driver kills trainer rank 0 while step N's train call is in flight
+  kill_trainer_worker:N            the driver kills trainer rank 0 while its N-th train call is in flight
   kill_rollout_worker:N            the driver kills a rollout actor while its N-th generate call is in flight
   kill_teacher_worker:N            the driver kills a teacher actor while its N-th score call is in flight
 
@@ -62,6 +62,12 @@ def kill_self(name: str, n: int) -> None:
 def raise_enospc(name: str, n: int, where: str) -> None:
     if fires(name, n):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
+
+
+def reset() -> None:
+    """Forget what fired and the call counts (a test arms faults again in the same process)."""
+    _fired.clear()
+    _calls.clear()
 
 
 def env_for_actors() -> dict:
