@@ -140,10 +140,28 @@ class Restarts:
                             f"in this run, more than {self.config_key}={self.limit}") from None
                     print(f"[{self.name}] WARNING: worker {index} died ({type(e).__name__}); restarted by Ray, redoing its "
                           f"{method} call ({self.failures}/{self.limit} restarts of {self.config_key})", flush=True)
+                    self._wait_until_back(workers[index], index)
                     if self.on_restart is not None:
                         self.on_restart(workers[index])
                     ref = getattr(workers[index], method).remote(*args)
         return results
+
+    def _wait_until_back(self, worker, index: int, timeout_s: float = 600) -> None:
+        """Until Ray has restarted the actor (constructor done), calls to it fail as unavailable."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(worker.__ray_ready__.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise WorkerFailure(f"{self.name} worker {index} did not come back within {timeout_s:.0f} s") from None
+                time.sleep(0.5)
+            except ray.exceptions.ActorDiedError:
+                raise WorkerFailure(f"{self.name} worker {index} died and Ray could not restart it "
+                                    f"({self.config_key}={self.limit})") from None
 
 
 def release(workers: list, placement) -> None:
