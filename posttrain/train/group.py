@@ -23,8 +23,12 @@ class TrainerGroup:
         self.placement = reserve("trainer", self.num_workers, cpus, trainer.gpus_per_worker)
         self.workers = spawn(TrainerWorker, self.placement, cpus, trainer.gpus_per_worker,
                              lambda rank: (rank, self.num_workers, max(1, int(cpus))))
-        master = ray.get(self.workers[0].address.remote())
-        info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps) for w in self.workers])
+        try:
+            master = ray.get(self.workers[0].address.remote())
+            info = get_all([w.setup.remote(master, model, trainer, optim, ds, total_steps) for w in self.workers])
+        except BaseException:
+            release(self.workers, self.placement)  # a failed start must not keep its devices reserved
+            raise
         self.num_params = info[0]["num_params"]
 
     def _all(self, method: str, *args, **kwargs) -> list:
