@@ -114,12 +114,17 @@ def test_a_dead_trainer_worker_stops_the_run_with_a_resumable_checkpoint(tiny_mo
     from posttrain.cluster import WorkerFailure
 
     out = tmp_path / "dead"
-    monkeypatch.setenv(faults.ENV, "kill_trainer_worker:3")
+    common = ("trainer.max_steps=4", "checkpoint.every=2", "logging.tensorboard=false")
+    # A preemption-style stop first (checkpoint at step 1), then a resumed run loses a rank in its
+    # second train call (step 3), after checkpoint 2.
+    assert run_sft(config(tiny_models, out, *common, "trainer.stop_after_step=1")).name == "step_00000001"
+    monkeypatch.setenv(faults.ENV, "kill_trainer_worker:2")
     faults.reset()
     with pytest.raises(WorkerFailure, match=r"step 3: a trainer worker died during train_step .*--resume continues from "
                                             r"the last complete checkpoint .*step_00000002"):
-        run_sft(config(tiny_models, out, "trainer.max_steps=4", "checkpoint.every=2", "logging.tensorboard=false"))
+        run_sft(config(tiny_models, out, *common), resume=True)
     assert checkpoint.verify(out / "checkpoints" / "step_00000002") is None
+    assert [r["step"] for r in records(out)] == [1, 2]
 
 
 def test_an_output_dir_holding_a_run_is_refused(tiny_models, ray_local, tmp_path):
