@@ -219,14 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.data.mixture import DataError
     from posttrain.cluster import PlacementError
     from posttrain.opd.checks import VocabularyMismatch
-    from posttrain.sft import RunDirError
+    from posttrain.sft import NonFiniteError, RunDirError
+    from posttrain.checkpoint import CheckpointWriteError
+    from posttrain.cluster import WorkerFailure
 
     try:
         {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval,
          "report": cmd_report}[args.command](args)
     except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 2  # bad input, refused before the work
+    except (WorkerFailure, NonFiniteError, CheckpointWriteError) as e:
+        print(f"posttrain {args.command}: stopped: {e}", file=sys.stderr)
+        return 1  # a fault during the run; the message says how to resume
     return 0
 
 
