@@ -11,7 +11,7 @@ device-memory estimate (`posttrain.levers.training_memory`, fp32, this batch).
     python benchmarks/memory_levers.py            # ~3 min on 2 CPU cores
     python benchmarks/memory_levers.py --no-docs  # print only
 
-Writes `docs/performance_memory.md` unless --no-docs.
+Writes its table into `docs/performance.md` (between the memory-levers markers) unless --no-docs.
 """
 
 from __future__ import annotations
@@ -163,9 +163,21 @@ def main(argv=None) -> int:
     table = render(rows, base, config, args, gpu)
     print(table)
     if not args.no_docs:
-        (ROOT / "docs" / "performance_memory.md").write_text(table)
-        print(f"wrote {ROOT / 'docs' / 'performance_memory.md'}")
+        write_section(ROOT / "docs" / "performance.md", table)
+        print(f"wrote the memory-lever section of {ROOT / 'docs' / 'performance.md'}")
     return 0
+
+
+START, END = "<!-- memory-levers:start -->", "<!-- memory-levers:end -->"
+
+
+def write_section(doc: Path, table: str) -> None:
+    """Replace the text between the markers of `doc` (the rest of the page is hand-written)."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{doc}: no {START} ... {END} markers to write the table between")
+    head, rest = text.split(START, 1)
+    doc.write_text(f"{head}{START}\n{table.rstrip()}\n{END}{rest.split(END, 1)[1]}")
 
 
 def render(rows, base, config, args, gpu) -> str:

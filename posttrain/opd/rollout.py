@@ -85,7 +85,7 @@ class HFRolloutWorker(Sleepable):
         jobs = [(index, ids) for index, ids in prompts for _ in range(1 if greedy else cfg.samples_per_prompt)]
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": cfg.temperature,
                                                          "top_p": cfg.top_p, "top_k": 0}
-        samples = []
+        samples: list[Sample] = [None] * len(jobs)  # type: ignore[list-item]  # in job order, whatever the batching
         for batch in length_sorted_batches([len(ids) for _, ids in jobs], cfg.batch_size):
             chunk = [jobs[i] for i in batch]
             width = max(len(ids) for _, ids in chunk)
@@ -110,7 +110,7 @@ class HFRolloutWorker(Sleepable):
                     logps.append(logp)
                     if token in self.eos_ids:
                         break
-                samples.append(Sample(index, ids, logps, truncated=ids[-1] not in self.eos_ids))
+                samples[batch[row]] = Sample(index, ids, logps, truncated=ids[-1] not in self.eos_ids)
         return samples
 
 
