@@ -17,7 +17,7 @@ from posttrain.config import ConfigError, EvalConfig, OPDConfig, TeacherStage, t
 from posttrain.data.packing import pack
 from posttrain.metrics import RunLog
 from posttrain.opd.checks import check_budgets, check_cascade, check_student
-from posttrain.sft import load_tokenizer, prepare_output_dir
+from posttrain.sft import load_tokenizer, prepare_output_dir, write_placement
 from posttrain.train.losses import expert_imbalance
 
 
@@ -110,7 +110,7 @@ def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]
 
 
 def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
-    from posttrain.cluster import init_ray
+    from posttrain.cluster import check_nodes, init_ray, placement_nodes
     from posttrain.opd.data import OPDPrompts
     from posttrain.opd.rollout import RolloutGroup
     from posttrain.opd.teacher import TeacherGroup
@@ -136,8 +136,11 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
 
     # 2. The three worker groups (the teacher group is made per cascade stage).
     init_ray(cfg.ray, ray_address)
+    check_nodes(cfg.cluster.nodes)
     trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
     rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code)
+    write_placement(out, {"trainer": trainer.placement_record(),
+                          "rollout": {"strategy": cfg.rollout.placement, "bundle_nodes": placement_nodes(rollout.placement)}})
     teacher, loaded_index = None, None
     try:
         if found is not None:

@@ -91,7 +91,7 @@ class HFRolloutWorker:
 class RolloutGroup:
     def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False):
         self.cfg = cfg
-        self.placement = reserve("rollout", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        self.placement = reserve("rollout", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.placement)
         if cfg.backend == "vllm":
             from posttrain.opd.vllm_backend import VLLMRolloutWorker as worker_cls
         else:

@@ -57,7 +57,7 @@ class HFTeacherWorker:
 class TeacherGroup:
     def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False):
         self.model_path = model_path
-        self.placement = reserve("teacher", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        self.placement = reserve("teacher", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.placement)
         if cfg.backend == "vllm":
             from posttrain.opd.vllm_backend import VLLMTeacherWorker as worker_cls
         else:

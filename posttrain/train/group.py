@@ -18,12 +18,17 @@ class TrainerGroup:
         self.num_workers = trainer.num_workers
         self.pad_id = pad_id
         cpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers)
-        self.placement = reserve("trainer", self.num_workers, cpus, trainer.gpus_per_worker)
+        self.placement = reserve("trainer", self.num_workers, cpus, trainer.gpus_per_worker, trainer.placement)
         self.workers = spawn(TrainerWorker, self.placement, cpus, trainer.gpus_per_worker,
                              lambda rank: (rank, self.num_workers, max(1, int(cpus))))
         master = ray.get(self.workers[0].address.remote())
         info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps) for w in self.workers])
         self.num_params = info[0]["num_params"]
+        self.strategy = trainer.placement
+        self.node_ids = [i["node_id"] for i in info]  # where each rank runs, as the worker itself reports
+
+    def placement_record(self) -> dict:
+        return {"strategy": self.strategy, "workers": [{"rank": r, "node_id": n} for r, n in enumerate(self.node_ids)]}
 
     def _all(self, method: str, *args, **kwargs) -> list:
         import ray

@@ -77,7 +77,10 @@ class TrainerWorker:
         )
         del hf_ds
         self.config = model.config
-        return {"num_params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())}
+        import ray
+
+        return {"num_params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     # ----------------------------------------------------------------------------------------------
 
