@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="h100", help="GPU kind: h100, h200, a100-80g, a100-40g, l40s (posttrain.plan.GPUS)")
     p.add_argument("--gpu-memory-gb", type=float, help="override the GPU's memory (GB)")
     p.add_argument("--json", help="also write the plan as JSON here")
+    p.add_argument("--zero-stage", type=int, choices=[2, 3], help="plan with this ZeRO stage instead of the config's")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None, help="plan with activation checkpointing")
+    p.add_argument("--offload-optimizer", action="store_true", default=None, help="plan with ZeRO-Offload of the optimizer state")
+    p.add_argument("--offload-params", action="store_true", default=None, help="plan with ZeRO-3 parameter offload")
+    p.add_argument("--lora-rank", type=int, help="plan LoRA of this rank on the attention projections")
+    p.add_argument("--colocate", action="store_true", default=None, help="plan trainer, rollout and teacher on the same GPUs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. deepspeed.zero_stage=2")
     return parser
 
@@ -193,7 +199,11 @@ def cmd_submit(args) -> int:
 def cmd_plan(args) -> None:
     from posttrain.plan import plan_command
 
-    plan_command(args.config, args.gpus, args.gpu, args.overrides, gpu_memory_gb=args.gpu_memory_gb, json_path=args.json)
+    levers = {"zero_stage": args.zero_stage, "activation_checkpointing": args.activation_checkpointing,
+              "offload_optimizer": args.offload_optimizer, "offload_params": args.offload_params,
+              "lora_rank": args.lora_rank, "colocated": args.colocate}
+    plan_command(args.config, args.gpus, args.gpu, args.overrides, gpu_memory_gb=args.gpu_memory_gb, json_path=args.json,
+                 levers={k: v for k, v in levers.items() if v is not None})
 
 
 def cmd_demo(args) -> None:
