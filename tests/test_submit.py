@@ -131,12 +131,18 @@ def two_nodes():
 def test_sft_job_on_two_nodes(two_nodes, tiny_models, tmp_path):
     """Must-show 1: a tiny SFT through `posttrain submit`, two trainer workers on different nodes."""
     out = tmp_path / "sft"
+    # A 64-conversation slice of the shipped data: the job tokenises its whole mixture, and 2 steps need 16.
+    rows = (REPO / "data_mixtures/data/sft/general.jsonl").read_text().splitlines()[:64]
+    (tmp_path / "small.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "mixture.yaml").write_text(
+        f"name: small\nsources:\n  - {{name: general, path: {tmp_path / 'small.jsonl'}, format: messages, weight: 1}}\n")
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "posttrain.cli", "submit", "--address", two_nodes.address, "--env", "POSTTRAIN_TEST=1",
          "--", "sft", "--config", "configs/tiny/sft.yaml", "--output-dir", str(out),
          f"model.path={tiny_models['student']}", "trainer.num_workers=2", "trainer.placement=SPREAD",
-         "trainer.max_steps=2", "trainer.global_batch_size=8", "data.max_seq_len=128", "cluster.nodes=2",
+         "trainer.max_steps=2", "trainer.global_batch_size=8", "data.max_seq_len=128",
+         f"data.mixture={tmp_path / 'mixture.yaml'}", "cluster.nodes=2",
          "logging.progress_bar=false", "logging.tensorboard=false"],
         cwd=REPO, env=two_nodes.env, capture_output=True, text=True, timeout=240,
     )
