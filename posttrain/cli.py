@@ -271,11 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.cluster import PlacementError
     from posttrain.opd.checks import VocabularyMismatch
     from posttrain.sft import RunDirError
+    from posttrain.submit import SubmitError
 
     try:
         status = {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval,
                   "report": cmd_report, "submit": cmd_submit, "plan": cmd_plan}[args.command](args)
-    except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, SubmitError,
+            FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
         return 2
     return status or 0

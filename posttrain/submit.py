@@ -10,6 +10,7 @@ config loads, output_dir is a shared path), so a typo fails before anything is u
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import sys
@@ -22,6 +23,10 @@ from posttrain.config import ConfigError
 # the working directory's root so that the `posttrain/models` package is kept). Ray also honours .gitignore.
 EXCLUDES = ["/runs/", "/models/", ".venv/", "venv/", ".git/", "__pycache__/", "*.pyc", ".pytest_cache/", "*.egg-info/"]
 TERMINAL_FAILURE = ("FAILED", "STOPPED")
+
+
+class SubmitError(RuntimeError):
+    """The cluster's job server cannot be reached or refuses the job."""
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
@@ -89,10 +94,20 @@ def _client(address: str):
             maybe_enable_token_auth_if_token_available,
         )
 
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        # Quietly: its "enabled for this Ray cluster" warning is meant for `ray start`, not for a client.
+        setup_logger = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+        level = setup_logger.level
+        setup_logger.setLevel(logging.ERROR)
+        try:
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        finally:
+            setup_logger.setLevel(level)
     except ImportError:
         pass
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError) as e:  # unreachable, not a job server, or auth refused
+        raise SubmitError(f"cannot use the Ray job server at {address}: {str(e).splitlines()[0]}") from None
 
 
 def submit(address: str, stage: str, args: list[str], working_dir: str = ".", env: dict | None = None,
@@ -116,8 +131,10 @@ def submit(address: str, stage: str, args: list[str], working_dir: str = ".", en
               f"{job_id}`", file=out, flush=True)
         return 130
     status = _final_status(client, job_id)
-    info = client.get_job_info(job_id)
-    print(f"[submit] job {job_id}: {status}" + (f" ({info.message})" if info.message else ""), file=out, flush=True)
+    message = (client.get_job_info(job_id).message or "").strip()
+    # A failed job's message repeats the tail of its log, which was just printed: keep its first line.
+    message = message.splitlines()[0].rstrip(",:") if message else ""
+    print(f"[submit] job {job_id}: {status}" + (f" ({message})" if message else ""), file=out, flush=True)
     return 1 if status in TERMINAL_FAILURE else 0
 
 

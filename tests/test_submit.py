@@ -136,31 +136,46 @@ def test_sft_job_on_two_nodes(two_nodes, tiny_models, tmp_path):
     (tmp_path / "small.jsonl").write_text("\n".join(rows) + "\n")
     (tmp_path / "mixture.yaml").write_text(
         f"name: small\nsources:\n  - {{name: general, path: {tmp_path / 'small.jsonl'}, format: messages, weight: 1}}\n")
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "posttrain.cli", "submit", "--address", two_nodes.address, "--env", "POSTTRAIN_TEST=1",
-         "--", "sft", "--config", "configs/tiny/sft.yaml", "--output-dir", str(out),
-         f"model.path={tiny_models['student']}", "trainer.num_workers=2", "trainer.placement=SPREAD",
-         "trainer.max_steps=2", "trainer.global_batch_size=8", "data.max_seq_len=128",
-         f"data.mixture={tmp_path / 'mixture.yaml'}", "cluster.nodes=2",
-         "logging.progress_bar=false", "logging.tensorboard=false"],
-        cwd=REPO, env=two_nodes.env, capture_output=True, text=True, timeout=240,
+    # Meanwhile, a job that fails on the cluster (its model is missing there) must make the command fail.
+    failing = subprocess.Popen(
+        [sys.executable, "-m", "posttrain.cli", "submit", "--address", two_nodes.address, "--", "sft",
+         "--config", "configs/tiny/sft.yaml", "--output-dir", str(tmp_path / "failed"), "model.path=/nonexistent/model"],
+        cwd=REPO, env=two_nodes.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    elapsed = time.monotonic() - started
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-3000:]}\n{two_nodes.log_tail()}"
-    assert "[submit] job raysubmit_" in result.stdout and "SUCCEEDED" in result.stdout
-    assert "[sft] done" in result.stdout  # the job's own log, followed to its end
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "posttrain.cli", "submit", "--address", two_nodes.address, "--env", "POSTTRAIN_TEST=1",
+             "--", "sft", "--config", "configs/tiny/sft.yaml", "--output-dir", str(out),
+             f"model.path={tiny_models['student']}", "trainer.num_workers=2", "trainer.placement=SPREAD",
+             "trainer.max_steps=2", "trainer.global_batch_size=8", "data.max_seq_len=128",
+             f"data.mixture={tmp_path / 'mixture.yaml'}", "cluster.nodes=2",
+             "logging.progress_bar=false", "logging.tensorboard=false"],
+            cwd=REPO, env=two_nodes.env, capture_output=True, text=True, timeout=240,
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-3000:]}\n{two_nodes.log_tail()}"
+        assert "[submit] job raysubmit_" in result.stdout and "SUCCEEDED" in result.stdout
+        assert "[sft] done" in result.stdout  # the job's own log, followed to its end
 
-    placement = json.loads((out / "placement.json").read_text())["trainer"]
-    assert placement["strategy"] == "SPREAD"
-    nodes = [w["node_id"] for w in placement["workers"]]
-    assert len(nodes) == 2 and len(set(nodes)) == 2 and all(nodes), nodes  # one rank per node
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+        placement = json.loads((out / "placement.json").read_text())["trainer"]
+        assert placement["strategy"] == "SPREAD"
+        nodes = [w["node_id"] for w in placement["workers"]]
+        assert len(nodes) == 2 and len(set(nodes)) == 2 and all(nodes), nodes  # one rank per node
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
-    from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(out / "final")
-    assert model.config.model_type == "qwen3_moe"
+        model = AutoModelForCausalLM.from_pretrained(out / "final")
+        assert model.config.model_type == "qwen3_moe"
+
+        failed_out, failed_err = failing.communicate(timeout=120)
+        assert failing.returncode == 1, failed_out[-3000:] + failed_err[-2000:]
+        assert "model path /nonexistent/model does not exist" in failed_out
+        assert ": FAILED (Job entrypoint command failed with exit code 2" in failed_out
+    finally:
+        if failing.poll() is None:  # only when an assertion above failed
+            failing.kill()
 
     left = two_nodes.stop()
     assert left == [], f"Ray processes left after stopping both nodes: {left}"
