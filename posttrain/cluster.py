@@ -123,8 +123,9 @@ def default_cpus_per_worker(num_workers: int) -> float:
     return max(1, int(ray.available_resources().get("CPU", 1)) // num_workers)
 
 
-def spawn(worker_cls, placement, num_cpus: float, num_gpus: int, args_for_rank) -> list:
-    """One actor of `worker_cls` per bundle of `placement`; `args_for_rank(i)` gives its arguments."""
+def spawn(worker_cls, placement, num_cpus: float, num_gpus: float, args_for_rank, count: int | None = None) -> list:
+    """One actor of `worker_cls` per bundle of `placement` (the first `count` bundles, where given);
+    `args_for_rank(i)` gives its arguments."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -133,17 +134,20 @@ def spawn(worker_cls, placement, num_cpus: float, num_gpus: int, args_for_rank) 
         actor.options(num_cpus=num_cpus, num_gpus=num_gpus,
                       scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i),
                       ).remote(*args_for_rank(i))
-        for i in range(placement.bundle_count)
+        for i in range(placement.bundle_count if count is None else count)
     ]
 
 
 def release(workers: list, placement) -> None:
-    """Kill a group's actors and free its reservation (before the next group needs the devices)."""
+    """Kill a group's actors and free its reservation (before the next group needs the devices);
+    `placement` None: the reservation is shared with other groups and stays."""
     import ray
     from ray.util.placement_group import placement_group_table, remove_placement_group
 
     for w in workers:
         ray.kill(w)
+    if placement is None:
+        return
     remove_placement_group(placement)
     # Removal is asynchronous; wait for it, so the next group's reservation sees the freed devices.
     deadline = time.monotonic() + 30

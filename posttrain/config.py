@@ -48,6 +48,31 @@ class ModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft) on a frozen base: only the adapters train, and only they are checkpointed.
+
+    `target_modules` are nn.Linear module names (the attention projections by default).
+    `target_parameters` are raw parameters, for what is not an nn.Linear in transformers 5's
+    qwen3_moe: the fused 3-D expert tensors `mlp.experts.gate_up_proj` / `mlp.experts.down_proj`
+    and the router `mlp.gate.weight`. Trade-off: the experts hold ~95% of an MoE's weights, so
+    adapting them moves far more of the model but costs one rank-r adapter per expert (E x the
+    trainable parameters and optimizer state of a dense layer's adapter) and runs the expert
+    matmuls through peft's parameter wrapper (slower); adapting the router changes which experts
+    each token reaches, which OPD usually freezes (trainer.freeze_router) for stability.
+    """
+
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_parameters: list[str] = field(default_factory=list)
+    # The HF export in final/: "merged" (base + B·A under the base's names: plain
+    # AutoModelForCausalLM and vLLM load it) or "adapter" (peft's adapter_model.safetensors only).
+    export: str = "merged"
+
+
+@dataclass
 class DataConfig:
     mixture: str = REQUIRED  # data_mixtures/*.yaml
     max_seq_len: int = 512  # tokens per example (prompt + response)
@@ -68,6 +93,9 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # torch's fused AdamW kernel (CPU and CUDA): one pass over each tensor instead of a dozen
+    # elementwise ops; what HF Trainer (and so TRL) uses by default since torch 2.8.
+    fused: bool = True
 
 
 @dataclass
@@ -86,12 +114,23 @@ class TrainerConfig:
     freeze_router: bool = False
     # Stop (after checkpointing) once this step is done, as a preempted job would; 0: run to the end.
     stop_after_step: int = 0
+    # Recompute each decoder layer's activations in the backward pass instead of keeping them
+    # (transformers' gradient checkpointing, non-reentrant): activation memory ~ one layer's, ~+30% compute.
+    activation_checkpointing: bool = False
 
 
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 2  # 2 or 3
     bf16: bool = False
+    # ZeRO-Offload: keep the optimizer state (fp32 master weights, Adam moments) and run its step
+    # on the host — 12 bytes per trainable parameter move off the device.
+    offload_optimizer: str = "none"  # none | cpu
+    # The optimizer that steps the offloaded state: auto | deepspeed (DeepSpeedCPUAdam) | torch (AdamW);
+    # auto = deepspeed on a GPU machine, torch on a CPU-only one (see deepspeed_setup.host_optimizer).
+    host_optimizer: str = "auto"
+    # ZeRO-3 only: parameters live on the host and are fetched layer by layer for each pass.
+    offload_params: str = "none"  # none | cpu
     # Merged last into the generated DeepSpeed config, for anything not exposed above.
     extra: dict = field(default_factory=dict)
 
@@ -133,6 +172,7 @@ class ClusterConfig:
 @dataclass
 class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -175,6 +215,11 @@ class RolloutConfig:
     batch_size: int = 16  # sequences generated together by one hf worker
     sync_bucket_mb: int = 512  # weight sync moves buckets of this size, not tensor by tensor
     gpu_memory_utilization: float = 0.5  # vllm
+    # Share the trainer's devices: rollout and teacher workers live in the trainer's placement-group
+    # bundles and sleep (vLLM sleep mode; hf: weights to host memory) while the others work
+    # (posttrain.opd.colocate). Their gpus_per_worker are then ignored; with vLLM, each engine's
+    # gpu_memory_utilization must fit beside the trainer's resident weights and optimizer state.
+    colocate: bool = False
 
 
 @dataclass
@@ -208,6 +253,7 @@ class EvalConfig:
 @dataclass
 class OPDConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     teachers: list[TeacherStage] = field(default_factory=list)
     data: OPDDataConfig = field(default_factory=OPDDataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -237,11 +283,15 @@ CHOICES = {
     "trainer.placement": PLACEMENT_STRATEGIES,
     "rollout.placement": PLACEMENT_STRATEGIES,
     "teacher.placement": PLACEMENT_STRATEGIES,
+    "lora.export": ("merged", "adapter"),
+    "deepspeed.offload_optimizer": ("none", "cpu"),
+    "deepspeed.offload_params": ("none", "cpu"),
+    "deepspeed.host_optimizer": ("auto", "deepspeed", "torch"),
 }
 POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trainer.global_batch_size",
             "checkpoint.every", "checkpoint.keep", "optim.lr", "rollout.num_workers", "rollout.prompts_per_step",
             "rollout.samples_per_prompt", "rollout.max_new_tokens", "rollout.temperature", "teacher.num_workers",
-            "data.max_prompt_len")
+            "data.max_prompt_len", "lora.rank", "lora.alpha")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,6 +437,33 @@ def _check_values(cfg, where: str) -> None:
         value = _get(cfg, key)
         if value is not dataclasses.MISSING and not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{where}: '{key}' must be > 0, got {value!r}")
+    _check_levers(cfg, where)
+
+
+def _check_levers(cfg, where: str) -> None:
+    """The memory levers' combinations that cannot work, named before any worker starts."""
+    ds, lora = getattr(cfg, "deepspeed", None), getattr(cfg, "lora", None)
+    if ds is not None and ds.offload_params != "none" and ds.zero_stage != 3:
+        raise ConfigError(f"{where}: 'deepspeed.offload_params: {ds.offload_params}' needs 'deepspeed.zero_stage: 3' "
+                          f"(ZeRO-2 keeps whole parameters on every device), got zero_stage {ds.zero_stage}")
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.colocate:
+        for group in ("rollout", "teacher"):
+            count = getattr(cfg, group).num_workers
+            if count > cfg.trainer.num_workers:
+                raise ConfigError(f"{where}: 'rollout.colocate' puts the {group} workers in the trainer's bundles, one per "
+                                  f"device: '{group}.num_workers' ({count}) must be <= 'trainer.num_workers' "
+                                  f"({cfg.trainer.num_workers})")
+    if lora is not None and lora.enabled:
+        if not 0 <= lora.dropout < 1:
+            raise ConfigError(f"{where}: 'lora.dropout' must be in [0, 1), got {lora.dropout!r}")
+        if not lora.target_modules and not lora.target_parameters:
+            raise ConfigError(f"{where}: 'lora.target_modules' and 'lora.target_parameters' are both empty: "
+                              "nothing would train")
+        router = [t for t in lora.target_parameters if t.endswith("gate.weight")]
+        if router and getattr(cfg.trainer, "freeze_router", False):
+            raise ConfigError(f"{where}: 'lora.target_parameters' adapts the router ({router[0]}) but "
+                              "'trainer.freeze_router' is true; drop one of them")
 
 
 def check_output_dir(output_dir: str, where: str = "config") -> str:

@@ -95,7 +95,7 @@ class Shape:
     linear_state_bytes: int  # per sequence: Qwen3-Next's recurrent + conv states (bf16)
     largest_layer: int  # parameters of the largest decoder layer (ZeRO-3 gathers an MoE block whole)
     tied: bool
-    flops_config: object = field(repr=False, default=None)
+    config: object = field(repr=False, default=None)
 
 
 def resolve_shape(path: str, architecture: str = "") -> Shape:
@@ -151,7 +151,7 @@ def shape_of(config, name: str) -> Shape:
         num_experts=getattr(config, "num_experts", 0) or 0, top_k=getattr(config, "num_experts_per_tok", 0) or 0,
         expert_dim=getattr(config, "moe_intermediate_size", 0) or config.intermediate_size,
         full_attention_layers=config.num_hidden_layers - linear_layers, linear_state_bytes=linear_state,
-        largest_layer=largest, tied=bool(config.tie_word_embeddings), flops_config=config,
+        largest_layer=largest, tied=bool(config.tie_word_embeddings), config=config,
     )
 
 
@@ -159,7 +159,7 @@ def train_flops_per_token(shape: Shape, seq_len: int) -> float:
     """6 x active matmul weights + causal attention (posttrain.models.params), at this sequence length."""
     from posttrain.models.params import train_flops_per_token as flops
 
-    return flops(shape.flops_config, seq_len)
+    return flops(shape.config, seq_len)
 
 
 def forward_flops_per_token(shape: Shape, seq_len: int) -> float:
@@ -184,97 +184,49 @@ class Levers:
     colocated: bool = False  # trainer, rollout and teacher share every GPU
 
 
-def _first(cfg, *dotted, default=None):
-    """The first of several dotted config fields that exists (levers added by other modules)."""
-    for key in dotted:
-        node = cfg
-        for part in key.split("."):
-            node = getattr(node, part, None)
-            if node is None:
-                break
-        if node is not None:
-            return node
-    return default
+def _on(value) -> bool:
+    """A lever's switch: booleans, or DeepSpeed-style device strings ("none" | "cpu")."""
+    return value not in (None, False, "", "none")
 
 
 def levers_from_config(cfg) -> Levers:
-    ds = cfg.deepspeed
+    """The levers as the config sets them (posttrain.config: lora.*, trainer.activation_checkpointing,
+    deepspeed.offload_optimizer / offload_params, rollout.colocate; getattr defaults keep older configs)."""
+    ds, lora = cfg.deepspeed, getattr(cfg, "lora", None)
     extra_zero = (getattr(ds, "extra", {}) or {}).get("zero_optimization", {})
-    lora_on = bool(_first(cfg, "lora.enabled", default=False))
     return Levers(
         zero_stage=ds.zero_stage,
         bf16=bool(ds.bf16),
-        activation_checkpointing=bool(_first(cfg, "trainer.activation_checkpointing", "trainer.gradient_checkpointing",
-                                             "deepspeed.activation_checkpointing", default=False)),
-        offload_optimizer=bool(_first(cfg, "deepspeed.offload_optimizer", default=False))
-        or "offload_optimizer" in extra_zero,
-        offload_params=bool(_first(cfg, "deepspeed.offload_params", "deepspeed.offload_param", default=False))
-        or "offload_param" in extra_zero,
-        lora_rank=int(_first(cfg, "lora.rank", "lora.r", default=16)) if lora_on else None,
-        lora_targets=tuple(_first(cfg, "lora.target_modules", default=Levers.lora_targets)),
-        colocated=bool(_first(cfg, "cluster.colocate", "cluster.colocated", "colocate", default=False)),
+        activation_checkpointing=bool(getattr(cfg.trainer, "activation_checkpointing", False)),
+        offload_optimizer=_on(getattr(ds, "offload_optimizer", None)) or "offload_optimizer" in extra_zero,
+        offload_params=_on(getattr(ds, "offload_params", None)) or "offload_param" in extra_zero,
+        lora_rank=lora.rank if lora is not None and lora.enabled else None,
+        lora_targets=tuple(lora.target_modules) if lora is not None else Levers.lora_targets,
+        colocated=bool(getattr(getattr(cfg, "rollout", None), "colocate", False)),
     )
 
 
-def lora_params(shape: Shape, rank: int, targets) -> int:
-    """r x (in + out) per adapted projection per layer (attention projections; experts are not adapted)."""
-    q, kv, h = shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.hidden
-    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
-    return shape.layers * sum(rank * sum(dims[t]) for t in targets if t in dims)
-
-
-def activation_bytes_per_token_layer(shape: Shape) -> int:
-    """bf16 tensors kept for backward, per token per decoder layer (SDPA/flash attention: no T x T scores).
-
-    attention: the norm input and the projections' input (2h), q and k/v after RoPE (q + 2kv), the
-    attention output for o_proj (q), and the residual (h) -> 2 x (3h + 2q + 2kv) bytes;
-    MoE: the norm input (h), the top-k routed copies (k h), gate and up outputs (2 k f), their
-    product (k f), the expert outputs (k h) in bf16, and fp32 router logits (4 E).
-    """
-    h, q, kv = shape.hidden, shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    k, f = max(1, shape.top_k), shape.expert_dim
-    attention = 2 * (3 * h + 2 * q + 2 * kv)
-    moe = 2 * (h + 2 * k * h + 3 * k * f) + 4 * shape.num_experts
-    return attention + moe
-
-
 def trainer_memory(shape: Shape, gpus: int, micro_tokens: int, lv: Levers) -> dict[str, float]:
-    """Bytes per trainer GPU, term by term, for data parallelism over `gpus` with ZeRO `lv.zero_stage`.
+    """Bytes per trainer GPU, term by term: `posttrain.levers.training_memory` (weights, gradients,
+    optimizer, activations, logits under ZeRO and the levers: the one memory formula of the project),
+    plus what it leaves out: DeepSpeed's communication buffers and the framework's share."""
+    from posttrain.config import LoRAConfig
+    from posttrain.levers import training_memory
 
-    ZeRO (Rajbhandari et al. 2020), mixed precision: bf16 weights (2 B/param) and gradients (2 B),
-    fp32 master + Adam m, v (12 B) per trainable param. ZeRO-2 shards gradients and optimizer state
-    over the N ranks; ZeRO-3 also the weights.
-    """
-    n, p = gpus, shape.total
+    lora = LoRAConfig(enabled=True, rank=lv.lora_rank, target_modules=list(lv.lora_targets)) if lv.lora_rank else None
+    mem = training_memory(shape.config, num_devices=gpus, zero_stage=lv.zero_stage, bf16=lv.bf16,
+                          tokens_per_micro_batch=micro_tokens, lora=lora,
+                          activation_checkpointing=lv.activation_checkpointing,
+                          offload_optimizer=lv.offload_optimizer, offload_params=lv.offload_params and lv.zero_stage == 3)
     w = 2 if lv.bf16 else 4
-    trainable = lora_params(shape, lv.lora_rank, lv.lora_targets) if lv.lora_rank else p
-    master = 4 if lv.bf16 else 0
-    weights = w * p / n if lv.zero_stage == 3 else w * p
-    if lv.offload_params and lv.zero_stage == 3:
-        weights = 0.0
-    if lv.lora_rank:  # adapters are small and replicated; the frozen base is sharded as above
-        weights += w * trainable * (1 - 1 / n if lv.zero_stage == 3 else 0)
-    grads = w * trainable / n
-    optimizer = 0.0 if lv.offload_optimizer else (master + 8) * trainable / n
-    per_token_layer = activation_bytes_per_token_layer(shape)
-    if lv.activation_checkpointing:  # keep each layer's input; recompute one layer at a time in backward
-        activations = micro_tokens * (shape.layers * 2 * shape.hidden + per_token_layer)
-    else:
-        activations = micro_tokens * shape.layers * per_token_layer
-    # bf16 logits, their fp32 upcast in the loss, and its fp32 gradient (transformers' loss; a chunked
-    # cross-entropy would shrink this, and is not implemented here).
-    logits = micro_tokens * shape.vocab * (2 + 4 + 4)
     reduce = 2 * CONSTANTS["zero_reduce_bucket"].value
     if lv.zero_stage == 3:  # the current and the prefetched layer, gathered whole (the MoE block is a leaf)
         buffers = reduce + 2 * w * shape.largest_layer
     else:
         buffers = reduce + 2 * CONSTANTS["zero2_allgather_bucket"].value
-    framework = CONSTANTS["framework_gib"].value * GiB
-    cpu = (0 if not lv.offload_optimizer else (master + 8) * trainable / n) + \
-        (w * p / n if lv.offload_params and lv.zero_stage == 3 else 0)
-    return {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
-            "logits": logits, "buffers": buffers, "framework": framework, "cpu_offloaded": cpu,
-            "trainable_params": trainable}
+    return {"weights": mem["weights"], "gradients": mem["gradients"], "optimizer": mem["optimizer"],
+            "activations": mem["activations"], "logits": mem["logits"], "buffers": buffers,
+            "framework": CONSTANTS["framework_gib"].value * GiB, "cpu_offloaded": mem["host"]}
 
 
 def kv_bytes_per_token(shape: Shape, tp: int = 1) -> float:
@@ -447,13 +399,22 @@ def _inference_group(name: str, shape: Shape, gpus: int, tp: int, mem: dict, cap
 
 
 def _colocated_group(groups: list[dict], capacity: float) -> dict:
-    """Colocated without sleep/offload: every group's resident state on the same GPU at once."""
-    total = sum(g["total"] for g in groups)
-    largest_teacher = max((g["total"] for g in groups if g["group"].startswith("teacher")), default=0)
-    total -= sum(g["total"] for g in groups if g["group"].startswith("teacher")) - largest_teacher  # one teacher at a time
-    return {"group": "colocated (sum)", "model": "", "gpus": groups[0]["gpus"], "rows": {}, "total": total,
+    """rollout.colocate: the groups take turns on each GPU, rollout and teacher sleeping while the trainer
+    steps (posttrain.opd.colocate); the peak is `posttrain.levers.colocated_peak`, each vLLM engine
+    holding its `gpu_memory_utilization` share while awake."""
+    from posttrain.levers import colocated_peak
+
+    trainer = groups[0]["rows"]
+    resident = {"weights": trainer["weights"], "gradients": trainer["gradients"], "optimizer": trainer["optimizer"],
+                "total": groups[0]["total"]}
+    engines = [g for g in groups if g["group"] != "trainer"]
+    rollout = max((g["capacity"] for g in engines if g["group"] == "rollout"), default=0.0)
+    teacher = max((g["capacity"] for g in engines if g["group"].startswith("teacher")), default=0.0)
+    total = colocated_peak(resident, rollout, teacher)
+    return {"group": "colocated (peak)", "model": "", "gpus": groups[0]["gpus"], "rows": {}, "total": total,
             "capacity": capacity, "fits": total <= capacity, "short": max(0.0, total - capacity), "cpu_offloaded": 0.0,
-            "note": "trainer + rollout + the active teacher resident together (no sleep mode / offload between phases)"}
+            "note": "max(trainer, trainer's resident weights + gradients + optimizer + an awake engine's "
+                    "gpu_memory_utilization share)"}
 
 
 def _rollout_time(shape: Shape, gpu: GPU, tp: int, seqs: int, max_concurrent: int, mean_prompt: int, mean_resp: int,

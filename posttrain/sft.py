@@ -53,12 +53,14 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
     from posttrain.cluster import check_nodes, init_ray
     from posttrain.data.sft import SFTData
     from posttrain.train.group import TrainerGroup
+    from posttrain.train.lora import check_lora
 
     out = Path(cfg.output_dir)
     prepare_output_dir(out, resume, overwrite)
 
     # 1. Everything that can be wrong with the input is found here, before Ray or a model starts.
     tokenizer = load_tokenizer(cfg.model)
+    check_lora(cfg.model, cfg.lora)
     data = SFTData(cfg.data, tokenizer, seed=cfg.trainer.seed)
     total_steps = data.steps(cfg.trainer.global_batch_size, cfg.trainer.epochs, cfg.trainer.max_steps)
     print(f"[sft] data: {data.report.line()}; {total_steps} steps of {cfg.trainer.global_batch_size} sequences", flush=True)
@@ -73,7 +75,8 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
     # 2. The trainer workers.
     init_ray(cfg.ray, ray_address)
     check_nodes(cfg.cluster.nodes)
-    group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
+    group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
+                         lora=cfg.lora)
     try:
         write_placement(out, {"trainer": group.placement_record()})
         if found is not None:

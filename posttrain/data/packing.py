@@ -100,6 +100,11 @@ def distribute(batches: list[PackedBatch], world_size: int, pad_id: int) -> list
     empty placeholders.
     """
     batches = sorted(batches, key=lambda b: -b.num_tokens)
+    # Fewer bins than a multiple of the workers (a small global batch): split the largest bin at the
+    # example boundary nearest its middle rather than hand a worker an empty placeholder, so every
+    # worker computes on real tokens. Exact: no attention crosses an example boundary.
+    while world_size > 1 and len(batches) % world_size and batches[0].num_examples > 1:
+        batches = sorted(split_at_example(batches[0]) + batches[1:], key=lambda b: -b.num_tokens)
     while len(batches) % world_size:
         batches.append(with_empty_extras(empty_batch(pad_id), batches[0]))
     shards: list[list[PackedBatch]] = [[] for _ in range(world_size)]
@@ -107,3 +112,15 @@ def distribute(batches: list[PackedBatch], world_size: int, pad_id: int) -> list
         lap, pos = divmod(i, world_size)
         shards[pos if lap % 2 == 0 else world_size - 1 - pos].append(batch)
     return shards
+
+
+def split_at_example(batch: PackedBatch) -> list[PackedBatch]:
+    """Two batches: `batch` cut at the example start (position id 0) nearest its middle."""
+    starts = (batch.position_ids == 0).nonzero()[1:, 0].tolist()
+    cut = min(starts, key=lambda t: abs(2 * t - batch.input_ids.numel()))
+    halves = []
+    for part in (slice(0, cut), slice(cut, None)):
+        position_ids = batch.position_ids[part]
+        halves.append(PackedBatch(batch.input_ids[part], position_ids, batch.labels[part],
+                                  int((position_ids == 0).sum()), {k: v[part] for k, v in batch.extras.items()}))
+    return halves

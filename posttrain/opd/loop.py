@@ -53,6 +53,7 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
     sync_s = time.perf_counter() - timer
 
     response_tokens = sum(len(s.response_ids) for s in samples)
+    padding = _padding(prompts, samples, cfg)
     reverse_kl = sum(float(sum(s.sampler_logprobs) - score["logprobs"].sum()) for s, score in zip(samples, scores))
     step_s = rollout_s + teacher_s + train_s + sync_s
     router = {}
@@ -66,8 +67,26 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
         "truncated_frac": sum(s.truncated for s in samples) / len(samples),
         "rollout_s": rollout_s, "teacher_s": teacher_s, "train_s": train_s, "sync_s": sync_s, "step_s": step_s,
         "tokens": int(result["totals"]["tokens"]), "tokens_per_s": result["totals"]["tokens"] / step_s,
-        "lr": result["lr"], "grad_norm": result["grad_norm"], **router,
+        "lr": result["lr"], "grad_norm": result["grad_norm"], **padding, **router,
     }
+
+
+def _padding(prompts, samples, cfg: OPDConfig) -> dict:
+    """Pad fraction of the hf rollout and teacher batches (training is packed: no padding at all)."""
+    from posttrain.opd.batching import rollout_padding, teacher_padding
+
+    prompt_lens = [len(prompts[s.prompt_index].input_ids) for s in samples]
+    response_lens = [len(s.response_ids) for s in samples]
+    record = {}
+    if cfg.rollout.backend == "hf":
+        pad, total = rollout_padding(prompt_lens, response_lens, cfg.rollout.batch_size, cfg.rollout.num_workers,
+                                     cfg.rollout.samples_per_prompt)
+        record["rollout_pad_frac"] = pad / max(1, total)
+    if cfg.teacher.backend == "hf":
+        pad, total = teacher_padding([p + r for p, r in zip(prompt_lens, response_lens)], cfg.teacher.batch_size,
+                                     cfg.teacher.num_workers)
+        record["teacher_pad_frac"] = pad / max(1, total)
+    return record
 
 
 def _after_prompt(values: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -111,10 +130,12 @@ def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]
 
 def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
     from posttrain.cluster import check_nodes, init_ray, placement_nodes
+    from posttrain.opd.colocate import Colocation, SleepingRollout, SleepingTeacher
     from posttrain.opd.data import OPDPrompts
     from posttrain.opd.rollout import RolloutGroup
     from posttrain.opd.teacher import TeacherGroup
     from posttrain.train.group import TrainerGroup
+    from posttrain.train.lora import check_lora
 
     out = Path(cfg.output_dir)
     # 1. Checks before any work: the cascade, one shared vocabulary, the prompt mixture.
@@ -122,6 +143,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     check_student(cfg)
     eval_examples = eval_set(cfg.eval)
     tokenizer = load_tokenizer(cfg.model)
+    check_lora(cfg.model, cfg.lora)
     check_cascade(cfg, tokenizer)
     prepare_output_dir(out, resume, overwrite)
     prompts = OPDPrompts(cfg.data, tokenizer, seed=cfg.trainer.seed)
@@ -137,10 +159,15 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     # 2. The three worker groups (the teacher group is made per cascade stage).
     init_ray(cfg.ray, ray_address)
     check_nodes(cfg.cluster.nodes)
-    trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id)
-    rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code)
+    # rollout.colocate: the three groups share the trainer's devices and sleep in turn (posttrain.opd.colocate).
+    shared = Colocation(cfg) if cfg.rollout.colocate else None
+    trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
+                           lora=cfg.lora, share=shared and shared.trainer)
+    rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code, share=shared and shared.rollout)
     write_placement(out, {"trainer": trainer.placement_record(),
-                          "rollout": {"strategy": cfg.rollout.placement, "bundle_nodes": placement_nodes(rollout.placement)}})
+                          "rollout": {"strategy": cfg.rollout.placement, "colocated": bool(shared),
+                                      "bundle_nodes": placement_nodes(shared.placement if shared else rollout.placement)}})
+    rollout = SleepingRollout(rollout) if shared else rollout
     teacher, loaded_index = None, None
     try:
         if found is not None:
@@ -159,7 +186,9 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
             if index != loaded_index:
                 if teacher is not None:
                     teacher.shutdown()  # the old teacher's devices are free before the next one loads
-                teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code), index
+                teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code,
+                                                     share=shared and shared.teacher), index
+                teacher = SleepingTeacher(teacher) if shared else teacher
             record = opd_step(step, prompts.batch(state["cursor"], per_step), rollout, teacher, trainer, cfg)
             state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
             if eval_examples and (step % cfg.eval.every == 0 or step == total_steps):
@@ -180,5 +209,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
         for group in (teacher, rollout, trainer):
             if group is not None:
                 group.shutdown()
+        if shared is not None:
+            shared.release()
     print(f"[opd] done: metrics {out / 'metrics.jsonl'}, checkpoints {ckpt_root}, model {out / 'final'}", flush=True)
     return out / "final"

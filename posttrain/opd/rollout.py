@@ -14,6 +14,7 @@ import torch
 
 from posttrain.cluster import release, reserve, spawn
 from posttrain.config import RolloutConfig
+from posttrain.opd.batching import length_sorted_batches
 
 
 @dataclass
@@ -24,8 +25,31 @@ class Sample:
     truncated: bool  # stopped by max_new_tokens, not by an end token
 
 
-class HFRolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False):
+class Sleepable:
+    """An hf worker's `sleep`/`wake_up` (the vLLM workers' are vLLM's sleep mode): asleep, the weights
+    wait in host memory and the device's cached blocks are returned, so a colocated trainer can use them.
+    On a CPU the host is the device: nothing moves, but the protocol is the same and is checked."""
+
+    asleep = False
+
+    def sleep(self) -> None:
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        self.model.to(self.device)
+        self.asleep = False
+
+    def _check_awake(self) -> None:
+        if self.asleep:
+            raise RuntimeError(f"{type(self).__name__} was called while asleep; wake_up() first")
+
+
+class HFRolloutWorker(Sleepable):
+    def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False,
+                 sleep_mode: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from posttrain.metrics import quiet_library_progress
@@ -45,6 +69,7 @@ class HFRolloutWorker:
 
         from posttrain.train.weights import load_bucket
 
+        self._check_awake()
         return sum(load_bucket(self.model, ray.get(ref)) for ref in bucket_refs)
 
     def state_dict(self) -> dict:
@@ -54,14 +79,15 @@ class HFRolloutWorker:
     def generate(self, prompts: list[tuple[int, list[int]]], seed: int, greedy: bool = False) -> list[Sample]:
         """`prompts`: (prompt_index, token ids); each is sampled `samples_per_prompt` times
         (`greedy`: once, by argmax — evaluation)."""
+        self._check_awake()
         cfg = self.cfg
         torch.manual_seed(seed)
         jobs = [(index, ids) for index, ids in prompts for _ in range(1 if greedy else cfg.samples_per_prompt)]
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": cfg.temperature,
                                                          "top_p": cfg.top_p, "top_k": 0}
         samples = []
-        for start in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[start:start + cfg.batch_size]
+        for batch in length_sorted_batches([len(ids) for _, ids in jobs], cfg.batch_size):
+            chunk = [jobs[i] for i in batch]
             width = max(len(ids) for _, ids in chunk)
             input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -89,15 +115,21 @@ class HFRolloutWorker:
 
 
 class RolloutGroup:
-    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False):
+    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False, share=None):
+        """`share`: bundles shared with the trainer (`posttrain.opd.colocate`); the engines can sleep."""
         self.cfg = cfg
-        self.placement = reserve("rollout", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.placement)
+        if share is None:
+            cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
+            self.placement = reserve("rollout", cfg.num_workers, cpus, gpus, cfg.placement)
+        else:
+            cpus, gpus, self.placement = share.cpus, share.gpus, None
         if cfg.backend == "vllm":
             from posttrain.opd.vllm_backend import VLLMRolloutWorker as worker_cls
         else:
             worker_cls = HFRolloutWorker
-        self.workers = spawn(worker_cls, self.placement, cfg.cpus_per_worker, cfg.gpus_per_worker,
-                             lambda i: (model_path, cfg, max(1, int(cfg.cpus_per_worker)), trust_remote_code))
+        self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
+                             lambda i: (model_path, cfg, max(1, int(cpus)), trust_remote_code, share is not None),
+                             count=cfg.num_workers)
 
     def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
         import ray
@@ -113,6 +145,16 @@ class RolloutGroup:
         import ray
 
         ray.get([w.update_weights.remote(bucket_refs) for w in self.workers])
+
+    def sleep(self) -> None:
+        import ray
+
+        ray.get([w.sleep.remote() for w in self.workers])
+
+    def wake_up(self) -> None:
+        import ray
+
+        ray.get([w.wake_up.remote() for w in self.workers])
 
     def shutdown(self) -> None:
         release(self.workers, self.placement)

@@ -12,10 +12,13 @@ import torch
 
 from posttrain.cluster import release, reserve, spawn
 from posttrain.config import TeacherConfig
+from posttrain.opd.batching import length_sorted_batches
+from posttrain.opd.rollout import Sleepable
 
 
-class HFTeacherWorker:
-    def __init__(self, model_path: str, cfg: TeacherConfig, num_threads: int, trust_remote_code: bool = False):
+class HFTeacherWorker(Sleepable):
+    def __init__(self, model_path: str, cfg: TeacherConfig, num_threads: int, trust_remote_code: bool = False,
+                 sleep_mode: bool = False):
         from transformers import AutoModelForCausalLM
 
         from posttrain.metrics import quiet_library_progress
@@ -32,9 +35,10 @@ class HFTeacherWorker:
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
         """Per (prompt_ids, response_ids): `logprobs` [R] of the response tokens; with `topk`, also
         `topk_ids` / `topk_logprobs` [R, k] of the teacher's own distribution at those positions."""
-        results = []
-        for start in range(0, len(sequences), self.cfg.batch_size):
-            chunk = sequences[start:start + self.cfg.batch_size]
+        self._check_awake()
+        results: list[dict] = [None] * len(sequences)  # type: ignore[list-item]
+        for batch in length_sorted_batches([len(p) + len(r) for p, r in sequences], self.cfg.batch_size):
+            chunk = [sequences[i] for i in batch]
             width = max(len(p) + len(r) for p, r in chunk)
             input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -50,20 +54,26 @@ class HFTeacherWorker:
                 if topk:
                     values, indices = logp_RV.topk(min(topk, logp_RV.shape[-1]), dim=-1)
                     entry.update(topk_ids=indices.cpu(), topk_logprobs=values.cpu())
-                results.append(entry)
+                results[batch[row]] = entry
         return results
 
 
 class TeacherGroup:
-    def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False):
+    def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False, share=None):
+        """`share`: bundles shared with the trainer (`posttrain.opd.colocate`); the engines can sleep."""
         self.model_path = model_path
-        self.placement = reserve("teacher", cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.placement)
+        if share is None:
+            cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
+            self.placement = reserve("teacher", cfg.num_workers, cpus, gpus, cfg.placement)
+        else:
+            cpus, gpus, self.placement = share.cpus, share.gpus, None
         if cfg.backend == "vllm":
             from posttrain.opd.vllm_backend import VLLMTeacherWorker as worker_cls
         else:
             worker_cls = HFTeacherWorker
-        self.workers = spawn(worker_cls, self.placement, cfg.cpus_per_worker, cfg.gpus_per_worker,
-                             lambda i: (model_path, cfg, max(1, int(cfg.cpus_per_worker)), trust_remote_code))
+        self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
+                             lambda i: (model_path, cfg, max(1, int(cpus)), trust_remote_code, share is not None),
+                             count=cfg.num_workers)
 
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
         import ray
@@ -75,6 +85,16 @@ class TeacherGroup:
         for i, part in enumerate(parts):
             results[i::n] = part
         return results
+
+    def sleep(self) -> None:
+        import ray
+
+        ray.get([w.sleep.remote() for w in self.workers])
+
+    def wake_up(self) -> None:
+        import ray
+
+        ray.get([w.wake_up.remote() for w in self.workers])
 
     def shutdown(self) -> None:
         release(self.workers, self.placement)

@@ -3,7 +3,9 @@
 Same interface as the hf workers in `rollout.py` / `teacher.py`. Imported only when a config picks
 `backend: vllm`, so CPU machines never need vLLM. Written against vLLM's documented offline API:
 `LLM.generate` with `SamplingParams(n=..., logprobs=0)` for sampling, `prompt_logprobs` for prefill
-scoring, and `LLM.collective_rpc` to load new weights into the running engine.
+scoring, `LLM.collective_rpc` to load new weights into the running engine, and, colocated with
+the trainer (`rollout.colocate`), sleep mode: `LLM(enable_sleep_mode=True)`, `llm.sleep(level=1)`
+(weights offloaded to host memory, KV cache discarded) and `llm.wake_up()`.
 """
 
 from __future__ import annotations
@@ -29,14 +31,27 @@ def _load_weights(worker, weights) -> int:
     return len(weights)
 
 
-class VLLMRolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False):
+class _SleepMode:
+    """vLLM's sleep mode. Level 1 keeps the weights (in host memory), so a wake without a weight
+    sync after it (evaluation, the teacher) still serves the right model."""
+
+    def sleep(self) -> None:
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()  # the KV blocks were discarded while asleep
+
+
+class VLLMRolloutWorker(_SleepMode):
+    def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False,
+                 sleep_mode: bool = False):
         _require_vllm()
         from vllm import LLM
 
         self.cfg = cfg
         self.llm = LLM(model=model_path, dtype="bfloat16", gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       trust_remote_code=trust_remote_code, enable_prefix_caching=True,
+                       trust_remote_code=trust_remote_code, enable_prefix_caching=True, enable_sleep_mode=sleep_mode,
                        # the log-probs of the distribution actually sampled (after temperature / top-p)
                        logprobs_mode="processed_logprobs")
 
@@ -69,13 +84,14 @@ class VLLMRolloutWorker:
         return count
 
 
-class VLLMTeacherWorker:
-    def __init__(self, model_path: str, cfg: TeacherConfig, num_threads: int, trust_remote_code: bool = False):
+class VLLMTeacherWorker(_SleepMode):
+    def __init__(self, model_path: str, cfg: TeacherConfig, num_threads: int, trust_remote_code: bool = False,
+                 sleep_mode: bool = False):
         _require_vllm()
         from vllm import LLM
 
         self.llm = LLM(model=model_path, dtype=cfg.dtype, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       trust_remote_code=trust_remote_code, enable_prefix_caching=True)
+                       trust_remote_code=trust_remote_code, enable_prefix_caching=True, enable_sleep_mode=sleep_mode)
 
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
         from vllm import SamplingParams

@@ -5,26 +5,31 @@ from __future__ import annotations
 import torch
 
 from posttrain.cluster import default_cpus_per_worker, release, reserve, spawn
-from posttrain.config import DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig
+from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch, distribute
 from posttrain.train.worker import TrainerWorker
 
 
 class TrainerGroup:
     def __init__(self, model: ModelConfig, trainer: TrainerConfig, optim: OptimConfig, ds: DeepSpeedConfig,
-                 total_steps: int, pad_id: int):
+                 total_steps: int, pad_id: int, lora: LoRAConfig | None = None, share=None):
+        """`share`: a `posttrain.opd.colocate.Share` — the actors go into bundles reserved for several
+        groups (colocated OPD) instead of a placement group of their own."""
         import ray
 
         self.num_workers = trainer.num_workers
         self.pad_id = pad_id
-        cpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers)
-        self.placement = reserve("trainer", self.num_workers, cpus, trainer.gpus_per_worker, trainer.placement)
-        self.workers = spawn(TrainerWorker, self.placement, cpus, trainer.gpus_per_worker,
-                             lambda rank: (rank, self.num_workers, max(1, int(cpus))))
+        if share is None:
+            cpus, gpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers), trainer.gpus_per_worker
+            self.placement = reserve("trainer", self.num_workers, cpus, gpus, trainer.placement)
+        else:
+            cpus, gpus, self.placement = share.cpus, share.gpus, None
+        self.workers = spawn(TrainerWorker, share.placement if share else self.placement, cpus, gpus,
+                             lambda rank: (rank, self.num_workers, max(1, int(cpus))), count=self.num_workers)
         master = ray.get(self.workers[0].address.remote())
-        info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps) for w in self.workers])
-        self.num_params = info[0]["num_params"]
-        self.strategy = trainer.placement
+        info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps, lora) for w in self.workers])
+        self.num_params, self.trainable_params = info[0]["num_params"], info[0]["trainable_params"]
+        self.strategy = "colocated" if share is not None else trainer.placement
         self.node_ids = [i["node_id"] for i in info]  # where each rank runs, as the worker itself reports
 
     def placement_record(self) -> dict:
@@ -66,6 +71,10 @@ class TrainerGroup:
 
     def export_hf(self, output_dir: str) -> None:
         self._all("export_hf", output_dir)
+
+    def memory(self) -> list[dict]:
+        """Each worker's peak memory (`TrainerWorker.memory`)."""
+        return self._all("memory")
 
     def weight_buckets(self, bucket_mb: int) -> list:
         return self._all("weight_buckets", bucket_mb)[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain.config import DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig
+from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch
 from posttrain.train.deepspeed_setup import deepspeed_config, make_optimizer, make_schedule, sparse_moe_block_classes
 
@@ -40,7 +40,7 @@ class TrainerWorker:
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master: tuple[str, int], model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
-              optim_cfg: OptimConfig, ds_cfg: DeepSpeedConfig, total_steps: int) -> dict:
+              optim_cfg: OptimConfig, ds_cfg: DeepSpeedConfig, total_steps: int, lora_cfg: LoRAConfig | None = None) -> dict:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -49,8 +49,9 @@ class TrainerWorker:
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(trainer_cfg.seed + self.rank)
         self.trainer_cfg, self.model_cfg = trainer_cfg, model_cfg
+        self.lora_cfg = lora_cfg if lora_cfg is not None and lora_cfg.enabled else None
 
-        self.ds_config = deepspeed_config(ds_cfg, optim_cfg)
+        self.ds_config = deepspeed_config(ds_cfg, optim_cfg, pin_memory=self.device.type == "cuda")
         dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
         hf_ds = None
         if ds_cfg.zero_stage == 3:
@@ -63,14 +64,21 @@ class TrainerWorker:
             trust_remote_code=model_cfg.trust_remote_code,
         )
         model.config.use_cache = False
+        if trainer_cfg.activation_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) and without requiring grad on the embeddings.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if ds_cfg.zero_stage == 3:
             deepspeed.utils.set_z3_leaf_modules(model, sparse_moe_block_classes(model))
         if trainer_cfg.freeze_router:
             for name, param in model.named_parameters():
                 if name.endswith("mlp.gate.weight"):
                     param.requires_grad_(False)
+        if self.lora_cfg is not None:
+            from posttrain.train.lora import apply_lora
+
+            model = apply_lora(model, self.lora_cfg)  # the base frozen; only the adapters train
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, optim_cfg)
+        optimizer = make_optimizer(params, optim_cfg, ds_cfg)
         schedule = make_schedule(optimizer, optim_cfg, total_steps)
         self.engine, self.optimizer, _, self.schedule = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule, config=self.ds_config
@@ -79,7 +87,9 @@ class TrainerWorker:
         self.config = model.config
         import ray
 
-        return {"num_params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
+        numel = lambda p: p.ds_numel if hasattr(p, "ds_numel") else p.numel()  # noqa: E731
+        return {"num_params": sum(numel(p) for p in model.parameters()),
+                "trainable_params": sum(numel(p) for p in model.parameters() if p.requires_grad),
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     # ----------------------------------------------------------------------------------------------
@@ -129,7 +139,9 @@ class TrainerWorker:
     def save_checkpoint(self, root: str, tag: str) -> None:
         from safetensors.torch import save_file
 
-        self.engine.save_checkpoint(root, tag=tag, save_latest=False)
+        # With LoRA only the adapters (and their optimizer state) are saved: the frozen base is the
+        # model.path it was loaded from.
+        self.engine.save_checkpoint(root, tag=tag, save_latest=False, exclude_frozen_parameters=self.lora_cfg is not None)
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -139,7 +151,8 @@ class TrainerWorker:
         from safetensors.torch import load_file
 
         load_path, _ = self.engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+                                                   load_lr_scheduler_states=True,
+                                                   load_module_strict=self.lora_cfg is None)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(root) / tag}")
         rng = load_file(str(Path(root) / tag / f"rng_rank{self.rank}.safetensors"))
@@ -147,27 +160,51 @@ class TrainerWorker:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"])
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The whole model's weights on rank 0 (gathered layer by layer under ZeRO-3); None elsewhere."""
+    def module_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The trained module's weights on rank 0 (gathered layer by layer under ZeRO-3); None elsewhere.
+        With LoRA these are the PeftModel's: base layers and adapters under peft's names."""
         if self.engine.zero_optimization_partition_weights():
             return self.engine._zero3_consolidated_16bit_state_dict()
         if self.rank != 0:
             return None
         return {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
 
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The model's weights under the base model's names on rank 0 — with LoRA, merged (base + B·A)."""
+        state = self.module_state_dict()
+        if self.lora_cfg is None:
+            return state
+        from posttrain.train.lora import merged_state_dict
+
+        return merged_state_dict(self.engine.module, state, zero3=self.engine.zero_optimization_partition_weights())
+
     def export_hf(self, output_dir: str) -> str | None:
         """Save an HF checkpoint (safetensors, config, generation config, tokenizer) from rank 0."""
         from transformers import AutoTokenizer
 
-        state = self.full_state_dict()
+        adapter_only = self.lora_cfg is not None and self.lora_cfg.export == "adapter"
+        state = self.module_state_dict() if adapter_only else self.full_state_dict()
         if self.rank != 0:
             return None
         from posttrain.checkpoint import atomic_dir
 
         with atomic_dir(output_dir) as tmp:
-            self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if adapter_only:  # peft's adapter_config.json + adapter_model.safetensors, on model.path
+                self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            else:  # plain weights under the base names (merged with LoRA): what transformers and vLLM load
+                model = self.engine.module.get_base_model() if self.lora_cfg is not None else self.engine.module
+                model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(tmp)
         return output_dir
+
+    def memory(self) -> dict:
+        """This process's peak memory: host resident set (bytes) and, on a GPU, allocated device memory."""
+        import resource
+
+        peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux: KiB
+        if self.device.type == "cuda":
+            peak["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        return peak
 
     def shutdown(self) -> None:
         import torch.distributed as dist

@@ -33,3 +33,19 @@ def test_bins_respect_budget_and_workers_get_equal_counts():
     shards = distribute(batches, world_size=2, pad_id=0)
     assert len(shards[0]) == len(shards[1])
     assert sum(b.num_examples for s in shards for b in s) == 6
+
+
+def test_a_small_batch_is_split_at_example_boundaries_so_no_worker_idles():
+    examples = [([t] * n, [0] + [1] * (n - 1), {"w": torch.arange(n, dtype=torch.float)}) for t, n in
+                ((3, 40), (4, 30), (5, 20), (6, 10))]
+    [whole] = pack(examples, budget=1024)
+    shards = distribute([whole], world_size=2, pad_id=0)
+    assert [len(s) for s in shards] == [1, 1]
+    halves = [s[0] for s in shards]
+    assert all(h.num_examples >= 1 and h.num_tokens > 0 for h in halves)  # no placeholder
+    # The halves are the whole batch cut where an example starts: every token, label and extra kept.
+    in_order = sorted(halves, key=lambda h: h.input_ids[0].item())  # the bin holds the examples in order
+    for field in ("input_ids", "position_ids", "labels"):
+        assert torch.equal(torch.cat([getattr(h, field) for h in in_order]), getattr(whole, field))
+    assert torch.equal(torch.cat([h.extras["w"] for h in in_order]), whole.extras["w"])
+    assert sum(h.num_loss_tokens for h in halves) == whole.num_loss_tokens

@@ -47,3 +47,20 @@ def test_vllm_rollout_samples_and_takes_new_weights(tiny_models, tokenizer, ray_
             p.mul_(0.5)
     refs = [ray.put(b) for b in buckets(changed.state_dict(), 1)]
     assert worker.update_weights(refs) > 0
+
+
+def test_vllm_rollout_sleeps_frees_the_device_and_wakes_with_its_weights(tiny_models, tokenizer):
+    """Colocated OPD's sleep mode: asleep, the engine's device memory is returned; awake, it samples as before."""
+    from posttrain.config import RolloutConfig
+    from posttrain.opd.vllm_backend import VLLMRolloutWorker
+
+    cfg = RolloutConfig(backend="vllm", max_new_tokens=8, gpu_memory_utilization=0.3, colocate=True)
+    worker = VLLMRolloutWorker(str(tiny_models["student"]), cfg, 1, sleep_mode=True)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    before = worker.generate([(0, prompt)], seed=0, greedy=True)
+    used_awake = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
+    worker.sleep()
+    used_asleep = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
+    assert used_asleep < used_awake - 0.1 * torch.cuda.mem_get_info()[1]  # the KV cache (>= 10% of the device) left
+    worker.wake_up()
+    assert worker.generate([(0, prompt)], seed=0, greedy=True)[0].response_ids == before[0].response_ids
