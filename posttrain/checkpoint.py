@@ -3,17 +3,24 @@
 A checkpoint is written under a hidden `.incomplete-*` name and renamed into place only when every
 file is on disk, then `latest` is replaced atomically; a kill at any moment leaves the previous
 checkpoint whole and the partial one ignorable. `trainer_state.json` (step, data cursor, stage
-state) is the last file written, so its presence marks a complete checkpoint.
+state) is the last file written, so its presence marks a complete checkpoint; `manifest.json`
+(size and sha256 of every other file) is checked before a checkpoint is resumed from, and one that
+does not match — a disk error, a copy cut short, a hand edit — is passed over, with a warning, for
+the one before it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
+
+from posttrain import faults
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -75,6 +82,36 @@ def manifest(directory: Path) -> dict:
     return {"files": files}
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, most often); the previous one is intact."""
+
+
+def save(write_files: Callable[[str], None], root: Path, step: int, state: dict, keep: int) -> Path:
+    """`write_files(tag)` writes the workers' files into `root/tag`; then the checkpoint is sealed.
+
+    A failure while writing (ENOSPC above all) removes the partial directory, which frees what it
+    held, and stops the run with an error that says what happened, where, and which complete
+    checkpoint a `--resume` will continue from.
+    """
+    root = Path(root)
+    tag = incomplete_tag(step)
+    try:
+        write_files(tag)
+        faults.kill_self("kill_during_checkpoint_write", step)
+        faults.raise_enospc("enospc_during_checkpoint_write", step, str(root / tag))
+        return commit(root, step, state, keep)
+    except OSError as e:  # Ray re-raises a worker's OSError as a subclass of OSError too
+        cause = getattr(e, "cause", None) or e
+        shutil.rmtree(root / tag, ignore_errors=True)
+        previous = complete_checkpoints(root)
+        kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "there is no earlier checkpoint"
+        what = "no space left on device" if getattr(cause, "errno", None) == errno.ENOSPC else f"{type(cause).__name__}: {cause}"
+        raise CheckpointWriteError(
+            getattr(cause, "errno", None) or 0,
+            f"writing checkpoint {step_name(step)} under {root} failed: {what}; the partial checkpoint was removed and "
+            f"{kept}; free space and continue with --resume") from e
+
+
 def commit(root: Path, step: int, state: dict, keep: int) -> Path:
     """Seal the workers' `.incomplete-step_N` directory as `step_N`, point `latest` at it, prune."""
     root = Path(root)
@@ -104,12 +141,40 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(root: Path) -> tuple[Path, dict] | None:
-    found = complete_checkpoints(root)
-    if not found:
-        return None
-    path = found[-1][1]
-    return path, json.loads((path / STATE_FILE).read_text())
+def verify(path: Path, checksums: bool = True) -> str | None:
+    """None when `path` matches its manifest (every file present, same size, same sha256); else why not."""
+    path = Path(path)
+    try:
+        files = json.loads((path / MANIFEST_FILE).read_text())["files"]
+        json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable {MANIFEST_FILE} or {STATE_FILE} ({e})"
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != entry["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {entry['bytes']}"
+    if checksums:
+        # Sizes first (cheap); then the hashes, which read every byte once.
+        actual = manifest(path)["files"]
+        for name, entry in files.items():
+            if actual[name]["sha256"] != entry["sha256"]:
+                return f"{name} does not match its sha256 in {MANIFEST_FILE}"
+    return None
+
+
+def latest_checkpoint(root: Path, checksums: bool = True) -> tuple[Path, dict] | None:
+    """The newest checkpoint that matches its manifest, with its state; a damaged one is skipped with a warning."""
+    for _, path in reversed(complete_checkpoints(root)):
+        problem = verify(path, checksums)
+        if problem is None:
+            return path, json.loads((path / STATE_FILE).read_text())
+        print(f"[checkpoint] WARNING: {path} is corrupt or partial ({problem}); falling back to the previous "
+              "checkpoint", flush=True)
+    return None
 
 
 def prepare_checkpoint_root(root: Path) -> None:

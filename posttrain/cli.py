@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.data.mixture import DataError
     from posttrain.cluster import PlacementError
     from posttrain.opd.checks import VocabularyMismatch
-    from posttrain.sft import RunDirError
+    from posttrain.sft import NonFiniteError, RunDirError
+    from posttrain.checkpoint import CheckpointWriteError
+    from posttrain.cluster import WorkerFailure
     from posttrain.submit import SubmitError
 
     try:
@@ -279,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, SubmitError,
             FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 2  # bad input, refused before the work
+    except (WorkerFailure, NonFiniteError, CheckpointWriteError) as e:
+        print(f"posttrain {args.command}: stopped: {e}", file=sys.stderr)
+        return 1  # a fault during the run; the message says how to resume
     return status or 0
 
 

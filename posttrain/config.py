@@ -117,6 +117,9 @@ class TrainerConfig:
     # Recompute each decoder layer's activations in the backward pass instead of keeping them
     # (transformers' gradient checkpointing, non-reentrant): activation memory ~ one layer's, ~+30% compute.
     activation_checkpointing: bool = False
+    # A step whose loss or gradient is not finite is skipped (no update) and counted; this many in a
+    # row stop the run with a checkpoint to resume from. 0: never stop for it.
+    max_nonfinite_in_a_row: int = 3
 
 
 @dataclass
@@ -139,6 +142,9 @@ class DeepSpeedConfig:
 class CheckpointConfig:
     every: int = 50  # steps between checkpoints; the last step is always saved
     keep: int = 2  # complete checkpoints retained
+    # Resume checks every file's size against the manifest, and with this its sha256 too (reads the
+    # checkpoint once: seconds here, minutes for a 17B model's optimizer states).
+    verify_checksums: bool = True
 
 
 @dataclass
@@ -220,6 +226,9 @@ class RolloutConfig:
     # (posttrain.opd.colocate). Their gpus_per_worker are then ignored; with vLLM, each engine's
     # gpu_memory_utilization must fit beside the trainer's resident weights and optimizer state.
     colocate: bool = False
+    # A worker that dies is restarted (by Ray), given the current weights, and its work redone; after
+    # this many deaths in a run, the run stops with a checkpoint to resume from.
+    max_restarts: int = 3
 
 
 @dataclass
@@ -232,6 +241,7 @@ class TeacherConfig:
     batch_size: int = 16
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.5  # vllm
+    max_restarts: int = 3  # as rollout.max_restarts, per teacher group
 
 
 @dataclass
@@ -292,6 +302,8 @@ POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trai
             "checkpoint.every", "checkpoint.keep", "optim.lr", "rollout.num_workers", "rollout.prompts_per_step",
             "rollout.samples_per_prompt", "rollout.max_new_tokens", "rollout.temperature", "teacher.num_workers",
             "data.max_prompt_len", "lora.rank", "lora.alpha")
+NON_NEGATIVE = ("trainer.max_nonfinite_in_a_row", "rollout.max_restarts", "teacher.max_restarts",
+                "trainer.stop_after_step", "trainer.max_steps", "optim.warmup_steps")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,6 +449,13 @@ def _check_values(cfg, where: str) -> None:
         value = _get(cfg, key)
         if value is not dataclasses.MISSING and not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{where}: '{key}' must be > 0, got {value!r}")
+    for i, stage in enumerate(getattr(cfg, "teachers", [])):
+        if stage.steps <= 0:
+            raise ConfigError(f"{where}: 'teachers[{i}].steps' ({stage.path}) must be > 0, got {stage.steps}")
+    for key in NON_NEGATIVE:
+        value = _get(cfg, key)
+        if value is not dataclasses.MISSING and value < 0:
+            raise ConfigError(f"{where}: '{key}' must be >= 0, got {value!r}")
     _check_levers(cfg, where)
 
 

@@ -33,12 +33,7 @@ class RunLog:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run rewrites the steps after its checkpoint: keep only records up to `step`."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        truncate_after(self.path, step)
 
     def log(self, record: dict) -> None:
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -69,6 +64,39 @@ class RunLog:
             self.tb.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: keep only records up to `step`.
+
+    A line cut short by a kill mid-write is dropped with the rest past the checkpoint.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if line.strip() and json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            pass
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+class JsonlLog:
+    """One JSON object per step, appended and flushed; a resumed run first drops the steps past its checkpoint."""
+
+    def __init__(self, path: Path, start_step: int = 0):
+        self.path = Path(path)
+        truncate_after(self.path, start_step)
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def quiet_library_progress() -> None:

@@ -8,14 +8,42 @@ from pathlib import Path
 
 import yaml
 
-from posttrain import checkpoint
-from posttrain.config import SFTConfig, to_dict
+from posttrain import checkpoint, faults
+from posttrain.config import SFTConfig, TrainerConfig, to_dict
 from posttrain.metrics import RunLog
 from posttrain.train.losses import expert_imbalance
 
 
 class RunDirError(RuntimeError):
     """The output directory holds another run."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+def note_skipped(state: dict, skipped: bool) -> dict:
+    """Count a skipped (non-finite) step in the run state, which is checkpointed: a resume keeps counting."""
+    state["skipped_steps"] = state.get("skipped_steps", 0) + int(skipped)
+    state["nonfinite_in_a_row"] = state.get("nonfinite_in_a_row", 0) + 1 if skipped else 0
+    return {"skipped": skipped, "skipped_steps": state["skipped_steps"]}
+
+
+def too_many_nonfinite(state: dict, trainer: TrainerConfig) -> bool:
+    return 0 < trainer.max_nonfinite_in_a_row <= state.get("nonfinite_in_a_row", 0)
+
+
+def nonfinite_error(state: dict, trainer: TrainerConfig, ckpt_root: Path) -> NonFiniteError:
+    return NonFiniteError(
+        f"steps {state['step'] - state['nonfinite_in_a_row'] + 1}..{state['step']} all had a non-finite loss or gradient "
+        f"and were skipped (trainer.max_nonfinite_in_a_row={trainer.max_nonfinite_in_a_row}); stopped with checkpoint "
+        f"{ckpt_root / checkpoint.step_name(state['step'])}: lower optim.lr or check the data, then --resume")
+
+
+def resume_hint(ckpt_root: Path) -> str:
+    found = checkpoint.complete_checkpoints(ckpt_root)
+    return (f"--resume continues from the last complete checkpoint {found[-1][1]}" if found
+            else "no checkpoint was written yet: the run starts afresh")
 
 
 def holds_run(out: Path) -> bool:
@@ -70,9 +98,11 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
     ckpt_root = out / "checkpoints"
     checkpoint.prepare_checkpoint_root(ckpt_root)
     state = {"stage": "sft", "step": 0, "cursor": 0}
-    found = checkpoint.latest_checkpoint(ckpt_root) if resume else None
+    found = checkpoint.latest_checkpoint(ckpt_root, cfg.checkpoint.verify_checksums) if resume else None
 
     # 2. The trainer workers.
+    from posttrain.cluster import WorkerFailure
+
     init_ray(cfg.ray, ray_address)
     check_nodes(cfg.cluster.nodes)
     group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
@@ -91,13 +121,22 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
         for step in range(state["step"] + 1, total_steps + 1):
             started = time.perf_counter()
             batches = data.batch(state["cursor"], cfg.trainer.global_batch_size)
-            result = group.train_step(batches, "sft")
+            try:
+                result = group.train_step(batches, "sft")
+            except WorkerFailure as e:
+                raise WorkerFailure(f"step {step}: {e}; {resume_hint(ckpt_root)}") from None
             state.update(step=step, cursor=state["cursor"] + cfg.trainer.global_batch_size)
-            log.log(_sft_record(step, result, time.perf_counter() - started, flops_per_token, cfg))
+            skipped = note_skipped(state, result["skipped"])
+            log.log({**_sft_record(step, result, time.perf_counter() - started, flops_per_token, cfg), **skipped})
+            faults.kill_self("kill_after_step", step)
             stopping = step == cfg.trainer.stop_after_step
-            if step % cfg.checkpoint.every == 0 or step == total_steps or stopping:
-                group.save_checkpoint(str(ckpt_root), checkpoint.incomplete_tag(step))
-                checkpoint.commit(ckpt_root, step, state, keep=cfg.checkpoint.keep)
+            nonfinite = too_many_nonfinite(state, cfg.trainer)
+            if step % cfg.checkpoint.every == 0 or step == total_steps or stopping or nonfinite:
+                checkpoint.save(lambda tag: group.save_checkpoint(str(ckpt_root), tag), ckpt_root, step, state,
+                                keep=cfg.checkpoint.keep)
+            if nonfinite:
+                log.close()
+                raise nonfinite_error(state, cfg.trainer, ckpt_root)
             if stopping:
                 log.close()
                 print(f"[sft] stopped after step {step} (trainer.stop_after_step); continue with --resume", flush=True)
@@ -119,7 +158,8 @@ def _flops_per_token(cfg: SFTConfig, group) -> float:
 
     from posttrain.models.params import train_flops_per_token
 
-    return train_flops_per_token(AutoConfig.from_pretrained(cfg.model.path), cfg.data.max_seq_len)
+    return train_flops_per_token(AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code),
+                                 cfg.data.max_seq_len)
 
 
 def _sft_record(step: int, result: dict, step_s: float, flops_per_token: float, cfg: SFTConfig) -> dict:

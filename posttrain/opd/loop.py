@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from posttrain import checkpoint
+from posttrain import checkpoint, faults
 from posttrain.config import ConfigError, EvalConfig, OPDConfig, TeacherStage, to_dict
 from posttrain.data.packing import pack
-from posttrain.metrics import RunLog
+from posttrain.metrics import JsonlLog, RunLog
 from posttrain.opd.checks import check_budgets, check_cascade, check_student
-from posttrain.sft import load_tokenizer, prepare_output_dir, write_placement
+from posttrain.sft import (load_tokenizer, nonfinite_error, note_skipped, prepare_output_dir, resume_hint,
+                           too_many_nonfinite, write_placement)
 from posttrain.train.losses import expert_imbalance
 
 
@@ -67,7 +68,7 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
         "truncated_frac": sum(s.truncated for s in samples) / len(samples),
         "rollout_s": rollout_s, "teacher_s": teacher_s, "train_s": train_s, "sync_s": sync_s, "step_s": step_s,
         "tokens": int(result["totals"]["tokens"]), "tokens_per_s": result["totals"]["tokens"] / step_s,
-        "lr": result["lr"], "grad_norm": result["grad_norm"], **padding, **router,
+        "lr": result["lr"], "grad_norm": result["grad_norm"], "skipped": result["skipped"], **padding, **router,
     }
 
 
@@ -154,9 +155,11 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     ckpt_root = out / "checkpoints"
     checkpoint.prepare_checkpoint_root(ckpt_root)
     state = {"stage": "opd", "step": 0, "cursor": 0, "cascade_index": 0, "stage_step": 0}
-    found = checkpoint.latest_checkpoint(ckpt_root) if resume else None
+    found = checkpoint.latest_checkpoint(ckpt_root, cfg.checkpoint.verify_checksums) if resume else None
 
     # 2. The three worker groups (the teacher group is made per cascade stage).
+    from posttrain.cluster import WorkerFailure
+
     init_ray(cfg.ray, ray_address)
     check_nodes(cfg.cluster.nodes)
     # rollout.colocate: the three groups share the trainer's devices and sleep in turn (posttrain.opd.colocate).
@@ -167,6 +170,8 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     write_placement(out, {"trainer": trainer.placement_record(),
                           "rollout": {"strategy": cfg.rollout.placement, "colocated": bool(shared),
                                       "bundle_nodes": placement_nodes(shared.placement if shared else rollout.placement)}})
+    # A rollout worker that Ray restarted is given the trainer's current weights before its work is redone.
+    rollout.weights_source = lambda: trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
     rollout = SleepingRollout(rollout) if shared else rollout
     teacher, loaded_index = None, None
     try:
@@ -178,6 +183,10 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                   f"{state['cursor']} prompts consumed)", flush=True)
         log = RunLog(out, total_steps, start_step=state["step"], tensorboard=cfg.logging.tensorboard,
                      progress_bar=cfg.logging.progress_bar, every=cfg.logging.every, desc="opd")
+        # The prompt ids each step trained on: a resumed or fault-hit run can be checked against an undisturbed one.
+        consumed = JsonlLog(out / "prompts.jsonl", start_step=state["step"])
+        save = lambda: checkpoint.save(lambda tag: trainer.save_checkpoint(str(ckpt_root), tag), ckpt_root,  # noqa: E731
+                                       state["step"], state, keep=cfg.checkpoint.keep)
 
         # 3. The loop.
         per_step = cfg.rollout.prompts_per_step
@@ -189,21 +198,40 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                 teacher, loaded_index = TeacherGroup(cfg.teachers[index].path, cfg.teacher, cfg.model.trust_remote_code,
                                                      share=shared and shared.teacher), index
                 teacher = SleepingTeacher(teacher) if shared else teacher
-            record = opd_step(step, prompts.batch(state["cursor"], per_step), rollout, teacher, trainer, cfg)
+            batch = prompts.batch(state["cursor"], per_step)
+            try:
+                record = opd_step(step, batch, rollout, teacher, trainer, cfg)
+            except WorkerFailure as e:
+                # Rollout or teacher workers gone past their restarts: the trainer still holds the
+                # weights of the last finished step, so seal them; a dead trainer rank cannot be saved.
+                done = checkpoint.complete_checkpoints(ckpt_root)
+                if not trainer.broken and state["step"] > 0 and (not done or done[-1][0] < state["step"]):
+                    save()
+                raise WorkerFailure(f"step {step}: {e}; {resume_hint(ckpt_root)}") from None
             state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
+            record.update(note_skipped(state, record.pop("skipped")))
             if eval_examples and (step % cfg.eval.every == 0 or step == total_steps):
                 record.update(_evaluate(rollout, tokenizer, eval_examples, seed=step))
             log.log({"step": step, "stage": index + 1, "teacher": cfg.teachers[index].path, "stage_step": stage_step,
                      **record})
+            consumed.log({"step": step, "prompt_ids": [p.id for p in batch]})
+            faults.kill_self("kill_after_step", step)
             stopping = step == cfg.trainer.stop_after_step
-            if step % cfg.checkpoint.every == 0 or step == total_steps or stopping or stage_step == cfg.teachers[index].steps:
-                trainer.save_checkpoint(str(ckpt_root), checkpoint.incomplete_tag(step))
-                checkpoint.commit(ckpt_root, step, state, keep=cfg.checkpoint.keep)
+            nonfinite = too_many_nonfinite(state, cfg.trainer)
+            if (step % cfg.checkpoint.every == 0 or step == total_steps or stopping or nonfinite
+                    or stage_step == cfg.teachers[index].steps):
+                save()
+            if nonfinite:
+                log.close()
+                consumed.close()
+                raise nonfinite_error(state, cfg.trainer, ckpt_root)
             if stopping:
                 print(f"[opd] stopped after step {step} (trainer.stop_after_step); continue with --resume", flush=True)
                 log.close()
+                consumed.close()
                 return ckpt_root / checkpoint.step_name(step)
         log.close()
+        consumed.close()
         trainer.export_hf(str(out / "final"))
     finally:
         for group in (teacher, rollout, trainer):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.cluster import release, reserve, spawn
+from posttrain.cluster import Restarts, release, reserve, spawn
 from posttrain.config import RolloutConfig
 from posttrain.opd.batching import length_sorted_batches
 
@@ -129,15 +129,23 @@ class RolloutGroup:
             worker_cls = HFRolloutWorker
         self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
                              lambda i: (model_path, cfg, max(1, int(cpus)), trust_remote_code, share is not None),
-                             count=cfg.num_workers)
+                             count=cfg.num_workers, max_restarts=cfg.max_restarts)
+        # Where a restarted worker gets the current student weights (its constructor loads the
+        # initial ones): set by the OPD loop to the trainer's weight buckets; None = the initial ones.
+        self.weights_source = None
+        self.restarts = Restarts("rollout", cfg.max_restarts, "rollout.max_restarts", on_restart=self._resync)
 
-    def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
+    def _resync(self, worker) -> None:
         import ray
 
+        if self.weights_source is not None:
+            ray.get(worker.update_weights.remote(self.weights_source()))
+
+    def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
         indexed = list(enumerate(prompt_ids))
         shards = [indexed[i::len(self.workers)] for i in range(len(self.workers))]
-        results = ray.get([w.generate.remote(shard, seed * 1000 + i, greedy)
-                           for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard])
+        results = self.restarts.run(self.workers, "generate",
+                                    [(i, (shard, seed * 1000 + i, greedy)) for i, shard in enumerate(shards) if shard])
         samples = [s for part in results for s in part]
         return sorted(samples, key=lambda s: s.prompt_index)  # stable: samples of a prompt keep their order
 

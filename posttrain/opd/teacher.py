@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.cluster import release, reserve, spawn
+from posttrain.cluster import Restarts, release, reserve, spawn
 from posttrain.config import TeacherConfig
 from posttrain.opd.batching import length_sorted_batches
 from posttrain.opd.rollout import Sleepable
@@ -73,14 +73,14 @@ class TeacherGroup:
             worker_cls = HFTeacherWorker
         self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
                              lambda i: (model_path, cfg, max(1, int(cpus)), trust_remote_code, share is not None),
-                             count=cfg.num_workers)
+                             count=cfg.num_workers, max_restarts=cfg.max_restarts)
+        # A restarted teacher reloads its (fixed) weights in its constructor: nothing to restore.
+        self.restarts = Restarts("teacher", cfg.max_restarts, "teacher.max_restarts")
 
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
-        import ray
-
         n = len(self.workers)
         shards = [sequences[i::n] for i in range(n)]
-        parts = ray.get([w.score.remote(shard, topk) for w, shard in zip(self.workers, shards) if shard])
+        parts = self.restarts.run(self.workers, "score", [(i, (shard, topk)) for i, shard in enumerate(shards) if shard])
         results: list[dict] = [None] * len(sequences)  # type: ignore[list-item]
         for i, part in enumerate(parts):
             results[i::n] = part

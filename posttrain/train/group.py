@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.cluster import default_cpus_per_worker, release, reserve, spawn
+from posttrain import faults
+from posttrain.cluster import WorkerFailure, default_cpus_per_worker, get_all, release, reserve, spawn
 from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch, distribute
 from posttrain.train.worker import TrainerWorker
@@ -19,6 +20,7 @@ class TrainerGroup:
 
         self.num_workers = trainer.num_workers
         self.pad_id = pad_id
+        self.broken = False  # a worker died: the ranks left are stuck in a collective, only kill them
         if share is None:
             cpus, gpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers), trainer.gpus_per_worker
             self.placement = reserve("trainer", self.num_workers, cpus, gpus, trainer.placement)
@@ -26,8 +28,12 @@ class TrainerGroup:
             cpus, gpus, self.placement = share.cpus, share.gpus, None
         self.workers = spawn(TrainerWorker, share.placement if share else self.placement, cpus, gpus,
                              lambda rank: (rank, self.num_workers, max(1, int(cpus))), count=self.num_workers)
-        master = ray.get(self.workers[0].address.remote())
-        info = ray.get([w.setup.remote(master, model, trainer, optim, ds, total_steps, lora) for w in self.workers])
+        try:
+            master = ray.get(self.workers[0].address.remote())
+            info = get_all([w.setup.remote(master, model, trainer, optim, ds, total_steps, lora) for w in self.workers])
+        except BaseException:
+            release(self.workers, self.placement)  # a failed start must not keep its devices reserved
+            raise
         self.num_params, self.trainable_params = info[0]["num_params"], info[0]["trainable_params"]
         self.strategy = "colocated" if share is not None else trainer.placement
         self.node_ids = [i["node_id"] for i in info]  # where each rank runs, as the worker itself reports
@@ -36,9 +42,19 @@ class TrainerGroup:
         return {"strategy": self.strategy, "workers": [{"rank": r, "node_id": n} for r, n in enumerate(self.node_ids)]}
 
     def _all(self, method: str, *args, **kwargs) -> list:
+        return self._get([getattr(w, method).remote(*args, **kwargs) for w in self.workers], method)
+
+    def _get(self, refs: list, method: str) -> list:
+        """The ranks' results; a dead rank stops the run (one DeepSpeed world cannot lose a member
+        and go on: the run resumes from its last complete checkpoint instead)."""
         import ray
 
-        return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+        try:
+            return get_all(refs)
+        except ray.exceptions.RayActorError as e:
+            self.broken = True
+            raise WorkerFailure(f"a trainer worker died during {method} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                "the trainer ranks cannot go on without it") from None
 
     def train_step(self, batches: list[PackedBatch], objective: str, **kwargs) -> dict:
         """One optimizer step over a global batch; returns the summed statistics of all ranks."""
@@ -46,8 +62,10 @@ class TrainerGroup:
 
         global_targets = sum(b.num_loss_tokens for b in batches)
         shards = distribute(batches, self.num_workers, self.pad_id)
-        results = ray.get([w.train_step.remote(shard, objective, global_targets, **kwargs)
-                           for w, shard in zip(self.workers, shards)])
+        refs = [w.train_step.remote(shard, objective, global_targets, **kwargs) for w, shard in zip(self.workers, shards)]
+        if faults.fires_on_call("kill_trainer_worker"):
+            ray.kill(self.workers[0])
+        results = self._get(refs, "train_step")
         totals: dict[str, float] = {}
         for r in results:
             for key, value in r["totals"].items():
@@ -59,6 +77,7 @@ class TrainerGroup:
             "micro_batches": len(shards[0]),
             "expert_counts": torch.stack(counts).sum(0) if counts else None,
             "grad_norm": results[0]["grad_norm"],
+            "skipped": results[0]["skipped"],  # the same on every rank (DeepSpeed reduces the overflow flag)
             "lr": results[0]["lr"],
             "compute_s": max(r["compute_s"] for r in results),
         }
@@ -81,6 +100,7 @@ class TrainerGroup:
 
     def shutdown(self) -> None:
         try:
-            self._all("shutdown")
+            if not self.broken:
+                self._all("shutdown")
         finally:
             release(self.workers, self.placement)

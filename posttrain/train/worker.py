@@ -113,6 +113,7 @@ class TrainerWorker:
             out = self.engine(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
                               output_router_logits=True, use_cache=False)
             loss, stats = loss_fn(out, batch, self.config, self.trainer_cfg, **kwargs)
+            loss = _fault_nan_loss(loss, self.engine.global_steps + 1)
             # DeepSpeed averages gradients over ranks; the loss is already a share of the global sum.
             self.engine.backward(loss * self.world_size / max(1, global_targets), scale_wrt_gas=False)
             for key, value in stats.items():
@@ -127,6 +128,10 @@ class TrainerWorker:
         totals["tokens"] = float(sum(b.num_tokens for b in micro_batches))
         grad_norm = self.engine.get_global_grad_norm()
         return {
+            # The non-finite guard is DeepSpeed's own: its ZeRO optimizer all-reduces an overflow
+            # flag / the global grad norm, and on inf or NaN (fp32 and bf16 alike) zeroes the
+            # gradients and skips the update and the schedule step on every rank together.
+            "skipped": not self.engine.was_step_applied(),
             "totals": totals,
             "expert_counts": counts_LE,
             "grad_norm": None if grad_norm is None else float(grad_norm),
@@ -211,6 +216,13 @@ class TrainerWorker:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _fault_nan_loss(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """The `nan_loss:N` test fault (posttrain.faults): step N's loss becomes NaN on every rank."""
+    from posttrain import faults
+
+    return loss * float("nan") if faults.fires("nan_loss", step) else loss
 
 
 def _weight_buckets(self, bucket_mb: int) -> list | None:

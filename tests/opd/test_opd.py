@@ -76,15 +76,73 @@ def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, t
     assert "![reverse_kl.png](report/reverse_kl.png)" in page and "teacher-next" in page
 
 
-def test_resume_in_the_second_stage_gives_the_uninterrupted_weights(tiny_models, ray_local, tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_opd(config(tiny_models, straight, (2, 3)))
-    run_opd(config(tiny_models, resumed, (2, 3), "trainer.stop_after_step=4"))
-    run_opd(config(tiny_models, resumed, (2, 3)), resume=True)
-    a = load_file(straight / "final" / "model.safetensors")
-    b = load_file(resumed / "final" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["reverse_kl"] for r in records(straight)] == [r["reverse_kl"] for r in records(resumed)]
+# The fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
+FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
+
+
+def prompt_ids(out):
+    return [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+
+
+def same_weights(a, b):
+    a, b = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tiny_models, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("opd") / "undisturbed"
+    run_opd(config(tiny_models, out, (2, 3), *FAULT_RUN))
+    return out
+
+
+def test_a_driver_killed_mid_checkpoint_resumes_in_the_second_stage(tiny_models, undisturbed, tmp_path):
+    """SIGKILL of the driver while the last checkpoint (step 5) is half written; `--resume` goes on
+    from step 3 (second teacher, its first step) and ends on the undisturbed run's weights and prompts."""
+    from tests.faulty_run import run_cli
+
+    resumed = tmp_path / "resumed"
+    killed = run_cli(["opd", "--config", TINY, "--output-dir", str(resumed), "--student", str(tiny_models["student"]),
+                      "--teacher", f"{tiny_models['teacher-moe']}:2", "--teacher", f"{tiny_models['teacher-next']}:3",
+                      "logging.progress_bar=false", "logging.tensorboard=false", *FAULT_RUN],
+                     fault="kill_during_checkpoint_write:5")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (resumed / "checkpoints" / "latest").read_text() == "step_00000003"
+    run_opd(config(tiny_models, resumed, (2, 3), *FAULT_RUN), resume=True)
+    assert same_weights(undisturbed, resumed)
+    assert [r["reverse_kl"] for r in records(undisturbed)] == [r["reverse_kl"] for r in records(resumed)]
+    assert prompt_ids(resumed) == prompt_ids(undisturbed)
+
+
+def test_killed_rollout_and_teacher_workers_are_restarted_and_nothing_is_lost(tiny_models, undisturbed, tmp_path,
+                                                                              monkeypatch, capsys):
+    """A rollout actor dies in step 2's generate, a teacher actor in step 4's scoring: Ray restarts
+    them, the rollout worker gets the trainer's weights back, the calls are redone, and the run
+    consumes exactly the undisturbed run's prompts and ends on its weights."""
+    from posttrain import faults
+
+    out = tmp_path / "faults"
+    monkeypatch.setenv(faults.ENV, "kill_rollout_worker:2,kill_teacher_worker:4")
+    faults.reset()
+    run_opd(config(tiny_models, out, (2, 3), *FAULT_RUN))
+    printed = capsys.readouterr().out
+    assert "[rollout] WARNING: worker 0 died" in printed and "[teacher] WARNING: worker 0 died" in printed
+    assert prompt_ids(out) == prompt_ids(undisturbed)
+    assert [len(r["prompt_ids"]) for r in prompt_ids(out)] == [32] * 5
+    assert same_weights(undisturbed, out)
+
+
+def test_a_worker_dying_past_its_restarts_stops_the_run_with_a_checkpoint(tiny_models, ray_local, tmp_path, monkeypatch):
+    from posttrain import checkpoint, faults
+    from posttrain.cluster import WorkerFailure
+
+    out = tmp_path / "gone"
+    monkeypatch.setenv(faults.ENV, "kill_rollout_worker:2")
+    faults.reset()
+    with pytest.raises(WorkerFailure, match=r"step 2: rollout worker 0 died .* more than rollout\.max_restarts=0; "
+                                            r"--resume continues from the last complete checkpoint .*step_00000001"):
+        run_opd(config(tiny_models, out, (2, 3), *FAULT_RUN, "rollout.max_restarts=0"))
+    assert checkpoint.verify(out / "checkpoints" / "step_00000001") is None
 
 
 def test_rollout_weights_equal_the_trainers_after_a_sync(tiny_models, ray_local):

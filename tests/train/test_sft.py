@@ -56,17 +56,75 @@ def test_two_workers_give_the_single_worker_first_step(tiny_models, ray_local, t
     AutoModelForCausalLM.from_pretrained(two / "final")
 
 
-def test_resume_after_a_stop_gives_the_uninterrupted_weights(tiny_models, ray_local, tmp_path):
-    common = ("trainer.max_steps=6", "checkpoint.every=2")
+def test_a_driver_killed_mid_checkpoint_resumes_to_the_uninterrupted_weights(tiny_models, ray_local, tmp_path):
+    """SIGKILL of the driver process while checkpoint 4 is half written (after checkpoint 2 is
+    whole); `--resume` continues from step 2 and ends on exactly the uninterrupted run's weights."""
+    from tests.faulty_run import run_cli
+
+    common = ("trainer.max_steps=6", "checkpoint.every=2", "logging.tensorboard=false")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_sft(config(tiny_models, straight, *common))
-    run_sft(config(tiny_models, resumed, *common, "trainer.stop_after_step=3"))
-    assert not (resumed / "final").exists()
+    killed = run_cli(["sft", "--config", TINY, "--output-dir", str(resumed), f"model.path={tiny_models['student']}",
+                      "logging.progress_bar=false", *common], fault="kill_during_checkpoint_write:4")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = resumed / "checkpoints"
+    assert (ckpts / ".incomplete-step_00000004").is_dir() and not (resumed / "final").exists()
+    assert (ckpts / "latest").read_text() == "step_00000002"
+    assert [r["step"] for r in records(resumed)] == [1, 2, 3, 4]  # logged, then killed before the commit
+
     run_sft(config(tiny_models, resumed, *common), resume=True)
+    assert not (ckpts / ".incomplete-step_00000004").exists()
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(resumed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in records(straight)] == [r["loss"] for r in records(resumed)]
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_resumably(tiny_models, ray_local, tmp_path, monkeypatch):
+    from posttrain import checkpoint, faults
+    from posttrain.sft import NonFiniteError
+
+    out = tmp_path / "nan"
+    common = ("trainer.max_steps=4", "checkpoint.every=1", "checkpoint.keep=4", "trainer.max_nonfinite_in_a_row=2",
+              "logging.tensorboard=false")
+    monkeypatch.setenv(faults.ENV, "nan_loss:2,nan_loss:3")
+    faults.reset()
+    with pytest.raises(NonFiniteError, match=r"steps 2\.\.3 all had a non-finite loss or gradient and were skipped "
+                                             r"\(trainer\.max_nonfinite_in_a_row=2\); stopped with checkpoint .*step_00000003"):
+        run_sft(config(tiny_models, out, *common))
+    rows = records(out)
+    assert [(r["skipped"], r["skipped_steps"]) for r in rows] == [(False, 0), (True, 1), (True, 2)]
+    assert rows[0]["lr"] < rows[1]["lr"] == rows[2]["lr"]  # warm-up: a skipped step does not advance the schedule
+    # No update was applied by the skipped steps: the weights of step 3 are those of step 1.
+    ckpts = out / "checkpoints"
+    one = torch.load(ckpts / "step_00000001" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    three = torch.load(ckpts / "step_00000003" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert all(torch.equal(one[k], three[k]) for k in one)
+    assert checkpoint.verify(ckpts / "step_00000003") is None
+
+    monkeypatch.delenv(faults.ENV)
+    run_sft(config(tiny_models, out, *common), resume=True)
+    final = load_file(out / "final" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in final.values())
+    assert [(r["step"], r["skipped"]) for r in records(out)][-1] == (4, False)
+
+
+def test_a_dead_trainer_worker_stops_the_run_with_a_resumable_checkpoint(tiny_models, ray_local, tmp_path, monkeypatch):
+    from posttrain import checkpoint, faults
+    from posttrain.cluster import WorkerFailure
+
+    out = tmp_path / "dead"
+    common = ("trainer.max_steps=4", "checkpoint.every=2", "logging.tensorboard=false")
+    # A preemption-style stop first (checkpoint at step 1), then a resumed run loses a rank in its
+    # second train call (step 3), after checkpoint 2.
+    assert run_sft(config(tiny_models, out, *common, "trainer.stop_after_step=1")).name == "step_00000001"
+    monkeypatch.setenv(faults.ENV, "kill_trainer_worker:2")
+    faults.reset()
+    with pytest.raises(WorkerFailure, match=r"step 3: a trainer worker died during train_step .*--resume continues from "
+                                            r"the last complete checkpoint .*step_00000002"):
+        run_sft(config(tiny_models, out, *common), resume=True)
+    assert checkpoint.verify(out / "checkpoints" / "step_00000002") is None
+    assert [r["step"] for r in records(out)] == [1, 2]
 
 
 def test_an_output_dir_holding_a_run_is_refused(tiny_models, ray_local, tmp_path):

@@ -1,0 +1,76 @@
+"""Deterministic fault injection for the reliability tests, read from one place: `POSTTRAIN_FAULT`.
+
+`POSTTRAIN_FAULT="name:N[,name:N...]"` arms the named fault at step (or call) N. Unset — always,
+outside the tests — every hook is a dictionary lookup that answers no. The faults:
+
+  kill_after_step:N                SIGKILL the driver after step N is trained and logged, before its checkpoint
+  kill_during_checkpoint_write:N   SIGKILL the driver while checkpoint N is half written (workers' files
+                                   on disk, no manifest, not committed)
+  enospc_during_checkpoint_write:N the same moment raises OSError(ENOSPC), as a full disk does
+  nan_loss:N                       trainer workers multiply step N's loss by NaN (all ranks)
+  kill_trainer_worker:N            the driver kills trainer rank 0 while its N-th train call is in flight
+  kill_rollout_worker:N            the driver kills a rollout actor while its N-th generate call is in flight
+  kill_teacher_worker:N            the driver kills a teacher actor while its N-th score call is in flight
+
+A kill is real (SIGKILL / `ray.kill`), so what is tested is how the run survives, not a simulation of it.
+Each fault fires once per process. The variable is passed on to Ray actors (`cluster.spawn`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+ENV = "POSTTRAIN_FAULT"
+_fired: set[tuple[str, int]] = set()
+_calls: dict[str, int] = {}
+
+
+def _armed() -> set[tuple[str, int]]:
+    spec = os.environ.get(ENV, "")
+    out = set()
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, n = item.rpartition(":")
+        out.add((name, int(n)))
+    return out
+
+
+def fires(name: str, n: int) -> bool:
+    """True once if fault `name` is armed at `n`."""
+    if not os.environ.get(ENV) or (name, n) in _fired or (name, n) not in _armed():
+        return False
+    _fired.add((name, n))
+    return True
+
+
+def fires_on_call(name: str) -> bool:
+    """Like `fires`, counting the calls of `name` in this process (1-based) instead of steps."""
+    if not os.environ.get(ENV):
+        return False
+    _calls[name] = _calls.get(name, 0) + 1
+    return fires(name, _calls[name])
+
+
+def kill_self(name: str, n: int) -> None:
+    """SIGKILL this process if `name` is armed at `n`: no handler, no cleanup, as an OOM kill or a preemption."""
+    if fires(name, n):
+        print(f"[fault] {name}:{n}: SIGKILL", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_enospc(name: str, n: int, where: str) -> None:
+    if fires(name, n):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
+
+
+def reset() -> None:
+    """Forget what fired and the call counts (a test arms faults again in the same process)."""
+    _fired.clear()
+    _calls.clear()
+
+
+def env_for_actors() -> dict:
+    """The runtime_env that carries an armed fault into Ray actors (empty when none is armed)."""
+    spec = os.environ.get(ENV)
+    return {"env_vars": {ENV: spec}} if spec else {}
