@@ -98,7 +98,7 @@ class Shape:
     config: object = field(repr=False, default=None)
 
 
-def resolve_shape(path: str, architecture: str = "") -> Shape:
+def resolve_shape(path: str, architecture: str = "", trust_remote_code: bool = False) -> Shape:
     """The shapes of a model named by architecture, hub id (posttrain.models.architectures) or local path."""
     from transformers import AutoConfig
 
@@ -110,7 +110,7 @@ def resolve_shape(path: str, architecture: str = "") -> Shape:
             raise ConfigError(f"model.architecture: unknown architecture {name!r}; known: {sorted(KNOWN)}")
         return known_shape(name)
     if Path(path).exists():
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
         raise ConfigError(f"plan: {path} is neither a local model nor a known hub id ({sorted(HUB_IDS)}); set "
                           "model.architecture or add it to posttrain/models/architectures.py")
@@ -268,7 +268,7 @@ def plan(cfg, gpus: int, gpu: GPU, levers: dict | None = None) -> dict:
     for key, value in (levers or {}).items():
         setattr(lv, key, value)
     opd = hasattr(cfg, "teachers")
-    student = resolve_shape(cfg.model.path, cfg.model.architecture)
+    student = resolve_shape(cfg.model.path, cfg.model.architecture, cfg.model.trust_remote_code)
     capacity = gpu.memory_gib * GiB
     result = {"config": {"gpus": gpus, "gpu": gpu.name, "stage": "opd" if opd else "sft", "student": student.name,
                          "levers": asdict(lv)}, "groups": [], "time": {}, "constants": {}}
@@ -320,7 +320,7 @@ def plan(cfg, gpus: int, gpu: GPU, levers: dict | None = None) -> dict:
                                                 mean_resp, cfg.rollout.max_new_tokens)
         teacher_s_by_stage = []
         for i, stage in enumerate(cfg.teachers):
-            shape = resolve_shape(stage.path)
+            shape = resolve_shape(stage.path, trust_remote_code=cfg.model.trust_remote_code)
             ttp = max(1, cfg.teacher.gpus_per_worker)
             tengines = max(1, teacher_gpus // ttp)
             tm_i = inference_memory(shape, ttp, math.ceil(seqs / tengines), longest, longest,
