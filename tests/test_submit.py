@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def two_nodes():
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.temp, ignore_errors=True)  # the nodes' logs and sockets
 
 
 def test_sft_job_on_two_nodes(two_nodes, tiny_models, tmp_path):
