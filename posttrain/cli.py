@@ -1,4 +1,4 @@
-"""`posttrain` command line: tiny | sft | opd | demo | eval | report."""
+"""`posttrain` command line: tiny | sft | opd | demo | eval | report | submit | plan."""
 
 from __future__ import annotations
 
@@ -56,6 +56,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
     p.add_argument("run_dir")
+
+    from posttrain.submit import default_address
+
+    p = sub.add_parser("submit", help="run a stage as a Ray job on a cluster: posttrain submit --address URL -- sft|opd ARGS",
+                       description="Submit `posttrain sft|opd ARGS` through Ray's Job Submission API, print the job id "
+                                   "and follow its logs; the exit status is the job's (non-zero if it FAILED or STOPPED).")
+    p.add_argument("--address", default=default_address(),
+                   help="the cluster's job server, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--working-dir", default=".", help="directory shipped to the cluster as the job's working directory "
+                   "(default: the current one, without runs/, models/, .git, virtual environments)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable of the job (repeat)")
+    p.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
+                   help="pip requirement installed into the job's environment (repeat)")
+    p.add_argument("stage", choices=["sft", "opd"])
+    p.add_argument("stage_args", nargs=argparse.REMAINDER, help="the stage's own arguments, as for `posttrain sft|opd`")
+
+    p = sub.add_parser("plan", help="memory per GPU, fit, and step/total time of a config at a GPU count")
+    p.add_argument("--config", required=True)
+    p.add_argument("--gpus", type=int, help="GPUs in the allocation (default: the config's ray.num_gpus_total)")
+    p.add_argument("--gpu", default="h100", help="GPU kind: h100, h200, a100-80g, a100-40g, l40s (posttrain.plan.GPUS)")
+    p.add_argument("--gpu-memory-gb", type=float, help="override the GPU's memory (GB)")
+    p.add_argument("--json", help="also write the plan as JSON here")
+    p.add_argument("--zero-stage", type=int, choices=[2, 3], help="plan with this ZeRO stage instead of the config's")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None, help="plan with activation checkpointing")
+    p.add_argument("--offload-optimizer", action="store_true", default=None, help="plan with ZeRO-Offload of the optimizer state")
+    p.add_argument("--offload-params", action="store_true", default=None, help="plan with ZeRO-3 parameter offload")
+    p.add_argument("--lora-rank", type=int, help="plan LoRA of this rank on the attention projections")
+    p.add_argument("--colocate", action="store_true", default=None, help="plan trainer, rollout and teacher on the same GPUs")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. deepspeed.zero_stage=2")
     return parser
 
 
@@ -155,6 +185,27 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+def cmd_submit(args) -> int:
+    from posttrain.config import ConfigError
+    from posttrain.submit import parse_env, submit
+
+    if not args.address:
+        raise ConfigError("submit: give the cluster's job server with --address http://HOST:8265 (or RAY_API_SERVER_ADDRESS)")
+    stage_args = args.stage_args[1:] if args.stage_args[:1] == ["--"] else args.stage_args
+    return submit(args.address, args.stage, stage_args, working_dir=args.working_dir, env=parse_env(args.env),
+                  pip=args.pip, wait=not args.no_wait)
+
+
+def cmd_plan(args) -> None:
+    from posttrain.plan import plan_command
+
+    levers = {"zero_stage": args.zero_stage, "activation_checkpointing": args.activation_checkpointing,
+              "offload_optimizer": args.offload_optimizer, "offload_params": args.offload_params,
+              "lora_rank": args.lora_rank, "colocated": args.colocate}
+    plan_command(args.config, args.gpus, args.gpu, args.overrides, gpu_memory_gb=args.gpu_memory_gb, json_path=args.json,
+                 levers={k: v for k, v in levers.items() if v is not None})
+
+
 def cmd_demo(args) -> None:
     from posttrain.config import OPDConfig, SFTConfig, load_config
     from posttrain.opd.loop import run_opd
@@ -222,17 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.sft import NonFiniteError, RunDirError
     from posttrain.checkpoint import CheckpointWriteError
     from posttrain.cluster import WorkerFailure
+    from posttrain.submit import SubmitError
 
     try:
-        {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval,
-         "report": cmd_report}[args.command](args)
-    except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, FileNotFoundError) as e:
+        status = {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval,
+                  "report": cmd_report, "submit": cmd_submit, "plan": cmd_plan}[args.command](args)
+    except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, SubmitError,
+            FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
         return 2  # bad input, refused before the work
     except (WorkerFailure, NonFiniteError, CheckpointWriteError) as e:
         print(f"posttrain {args.command}: stopped: {e}", file=sys.stderr)
         return 1  # a fault during the run; the message says how to resume
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -103,6 +103,9 @@ class TrainerConfig:
     num_workers: int = 1  # one Ray actor per device (per CPU process on a CPU machine)
     cpus_per_worker: float = 0  # 0: share the machine's CPUs evenly between the workers
     gpus_per_worker: int = 0  # 1 on a GPU cluster
+    # How Ray places the group's bundles (one per worker) on nodes: PACK (fewest nodes, best effort),
+    # SPREAD (as many nodes as possible, best effort), STRICT_PACK (one node), STRICT_SPREAD (one node each).
+    placement: str = "PACK"
     global_batch_size: int = 16  # sequences per optimizer step, over all workers
     epochs: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
@@ -162,6 +165,17 @@ class RayConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """The allocation as a whole. Group sizes are not repeated here: a group's GPUs are its
+    `num_workers x gpus_per_worker` (CPUs likewise), the one source of truth (docs/scaling.md)."""
+
+    # Nodes the run expects; > 0: the run stops at once, before any worker starts, when the Ray
+    # cluster has fewer alive nodes (a half-started allocation), naming both numbers. 0: not checked.
+    nodes: int = 0
+    gpus_per_node: int = 8  # for `posttrain plan` (which traffic crosses nodes) and the node check
+
+
+@dataclass
 class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -172,6 +186,7 @@ class SFTConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output_dir: str = "runs/sft"
 
 
@@ -197,6 +212,7 @@ class RolloutConfig:
     # Ray's CPU counts are logical: on a small CPU machine, fractions let the three groups share cores.
     cpus_per_worker: float = 1
     gpus_per_worker: int = 0
+    placement: str = "PACK"  # as trainer.placement
     prompts_per_step: int = 8
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
@@ -221,6 +237,7 @@ class TeacherConfig:
     num_workers: int = 1
     cpus_per_worker: float = 1
     gpus_per_worker: int = 0
+    placement: str = "PACK"  # as trainer.placement
     batch_size: int = 16
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.5  # vllm
@@ -259,9 +276,11 @@ class OPDConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output_dir: str = "runs/opd"
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "data.overlong_policy": ("truncate", "drop"),
@@ -271,6 +290,9 @@ CHOICES = {
     "teacher.backend": ("hf", "vllm"),
     "teacher.dtype": ("float32", "bfloat16"),
     "loss.mode": ("sampled", "topk"),
+    "trainer.placement": PLACEMENT_STRATEGIES,
+    "rollout.placement": PLACEMENT_STRATEGIES,
+    "teacher.placement": PLACEMENT_STRATEGIES,
     "lora.export": ("merged", "adapter"),
     "deepspeed.offload_optimizer": ("none", "cpu"),
     "deepspeed.offload_params": ("none", "cpu"),
@@ -421,6 +443,8 @@ def _check_values(cfg, where: str) -> None:
         value = _get(cfg, key)
         if value is not dataclasses.MISSING and value not in allowed:
             raise ConfigError(f"{where}: '{key}' must be one of {list(allowed)}, got {value!r}")
+    if hasattr(cfg, "output_dir"):
+        cfg.output_dir = check_output_dir(cfg.output_dir, where)
     for key in POSITIVE:
         value = _get(cfg, key)
         if value is not dataclasses.MISSING and not (value > 0 and math.isfinite(value)):
@@ -459,3 +483,18 @@ def _check_levers(cfg, where: str) -> None:
         if router and getattr(cfg.trainer, "freeze_router", False):
             raise ConfigError(f"{where}: 'lora.target_parameters' adapts the router ({router[0]}) but "
                               "'trainer.freeze_router' is true; drop one of them")
+
+
+def check_output_dir(output_dir: str, where: str = "config") -> str:
+    """`output_dir` must be a filesystem path (on a cluster: one every node sees, e.g. NFS or a
+    FUSE-mounted bucket). A URI such as s3://... is refused here, before any work: checkpoints are
+    written by DeepSpeed and renamed into place, which needs a POSIX filesystem, not an object store."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(str(output_dir)).scheme
+    if scheme and scheme != "file" and len(scheme) > 1:  # len 1: a Windows drive letter
+        raise ConfigError(
+            f"{where}: 'output_dir' {output_dir!r}: {scheme}:// URIs are not supported; give a path on a filesystem "
+            "that every node mounts (e.g. /mnt/shared/runs/x, or the bucket mounted with s3fs/gcsfuse)"
+        )
+    return urlparse(output_dir).path if scheme == "file" else output_dir

@@ -58,6 +58,13 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def write_placement(out: Path, groups: dict) -> None:
+    """`placement.json`: the node each worker of each group runs on (Ray node ids)."""
+    import json
+
+    (out / "placement.json").write_text(json.dumps(groups, indent=2))
+
+
 def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
@@ -71,7 +78,7 @@ def load_tokenizer(model_cfg):
 
 
 def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
-    from posttrain.cluster import init_ray
+    from posttrain.cluster import check_nodes, init_ray
     from posttrain.data.sft import SFTData
     from posttrain.train.group import TrainerGroup
     from posttrain.train.lora import check_lora
@@ -97,9 +104,11 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
     from posttrain.cluster import WorkerFailure
 
     init_ray(cfg.ray, ray_address)
+    check_nodes(cfg.cluster.nodes)
     group = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
                          lora=cfg.lora)
     try:
+        write_placement(out, {"trainer": group.placement_record()})
         if found is not None:
             path, state = found
             group.load_checkpoint(str(ckpt_root), path.name)

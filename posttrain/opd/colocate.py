@@ -39,7 +39,7 @@ class Colocation:
         side = cfg.rollout.cpus_per_worker + cfg.teacher.cpus_per_worker
         trainer_cpus = cfg.trainer.cpus_per_worker or max(1.0, default_cpus_per_worker(n) - side)
         gpus = cfg.trainer.gpus_per_worker
-        self.placement = reserve("colocated trainer+rollout+teacher", n, trainer_cpus + side, gpus)
+        self.placement = reserve("colocated trainer+rollout+teacher", n, trainer_cpus + side, gpus, cfg.trainer.placement)
         # A third of the device each: Ray accounting only; the groups take turns on it by sleeping.
         self.trainer = Share(self.placement, trainer_cpus, gpus / 3)
         self.rollout = Share(self.placement, cfg.rollout.cpus_per_worker, gpus / 3)

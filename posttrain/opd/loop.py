@@ -18,7 +18,7 @@ from posttrain.data.packing import pack
 from posttrain.metrics import JsonlLog, RunLog
 from posttrain.opd.checks import check_budgets, check_cascade, check_student
 from posttrain.sft import (load_tokenizer, nonfinite_error, note_skipped, prepare_output_dir, resume_hint,
-                           too_many_nonfinite)
+                           too_many_nonfinite, write_placement)
 from posttrain.train.losses import expert_imbalance
 
 
@@ -130,7 +130,7 @@ def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]
 
 
 def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
-    from posttrain.cluster import init_ray
+    from posttrain.cluster import check_nodes, init_ray, placement_nodes
     from posttrain.opd.colocate import Colocation, SleepingRollout, SleepingTeacher
     from posttrain.opd.data import OPDPrompts
     from posttrain.opd.rollout import RolloutGroup
@@ -161,11 +161,15 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     from posttrain.cluster import WorkerFailure
 
     init_ray(cfg.ray, ray_address)
+    check_nodes(cfg.cluster.nodes)
     # rollout.colocate: the three groups share the trainer's devices and sleep in turn (posttrain.opd.colocate).
     shared = Colocation(cfg) if cfg.rollout.colocate else None
     trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
                            lora=cfg.lora, share=shared and shared.trainer)
     rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code, share=shared and shared.rollout)
+    write_placement(out, {"trainer": trainer.placement_record(),
+                          "rollout": {"strategy": cfg.rollout.placement, "colocated": bool(shared),
+                                      "bundle_nodes": placement_nodes(shared.placement if shared else rollout.placement)}})
     # A rollout worker that Ray restarted is given the trainer's current weights before its work is redone.
     rollout.weights_source = lambda: trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
     rollout = SleepingRollout(rollout) if shared else rollout

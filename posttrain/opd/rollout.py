@@ -120,7 +120,7 @@ class RolloutGroup:
         self.cfg = cfg
         if share is None:
             cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
-            self.placement = reserve("rollout", cfg.num_workers, cpus, gpus)
+            self.placement = reserve("rollout", cfg.num_workers, cpus, gpus, cfg.placement)
         else:
             cpus, gpus, self.placement = share.cpus, share.gpus, None
         if cfg.backend == "vllm":

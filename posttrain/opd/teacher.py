@@ -64,7 +64,7 @@ class TeacherGroup:
         self.model_path = model_path
         if share is None:
             cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
-            self.placement = reserve("teacher", cfg.num_workers, cpus, gpus)
+            self.placement = reserve("teacher", cfg.num_workers, cpus, gpus, cfg.placement)
         else:
             cpus, gpus, self.placement = share.cpus, share.gpus, None
         if cfg.backend == "vllm":

@@ -23,7 +23,7 @@ class TrainerGroup:
         self.broken = False  # a worker died: the ranks left are stuck in a collective, only kill them
         if share is None:
             cpus, gpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers), trainer.gpus_per_worker
-            self.placement = reserve("trainer", self.num_workers, cpus, gpus)
+            self.placement = reserve("trainer", self.num_workers, cpus, gpus, trainer.placement)
         else:
             cpus, gpus, self.placement = share.cpus, share.gpus, None
         self.workers = spawn(TrainerWorker, share.placement if share else self.placement, cpus, gpus,
@@ -35,6 +35,11 @@ class TrainerGroup:
             release(self.workers, self.placement)  # a failed start must not keep its devices reserved
             raise
         self.num_params, self.trainable_params = info[0]["num_params"], info[0]["trainable_params"]
+        self.strategy = "colocated" if share is not None else trainer.placement
+        self.node_ids = [i["node_id"] for i in info]  # where each rank runs, as the worker itself reports
+
+    def placement_record(self) -> dict:
+        return {"strategy": self.strategy, "workers": [{"rank": r, "node_id": n} for r, n in enumerate(self.node_ids)]}
 
     def _all(self, method: str, *args, **kwargs) -> list:
         return self._get([getattr(w, method).remote(*args, **kwargs) for w in self.workers], method)

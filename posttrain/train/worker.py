@@ -85,9 +85,12 @@ class TrainerWorker:
         )
         del hf_ds
         self.config = model.config
+        import ray
+
         numel = lambda p: p.ds_numel if hasattr(p, "ds_numel") else p.numel()  # noqa: E731
         return {"num_params": sum(numel(p) for p in model.parameters()),
-                "trainable_params": sum(numel(p) for p in model.parameters() if p.requires_grad)}
+                "trainable_params": sum(numel(p) for p in model.parameters() if p.requires_grad),
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     # ----------------------------------------------------------------------------------------------
 
