@@ -9,7 +9,9 @@ assistant-only labels), packed into 2,048-token rows. TRL gets its fastest CPU s
 best-fit decreasing and padding-free batches (its collator flattens a batch into one row with
 restarting position ids, as posttrain's packer does), one row per micro-batch, and as many
 accumulation steps as posttrain's micro-batches per step, so both take optimizer steps over the same
-number of tokens. posttrain runs as `posttrain sft` does: a Ray actor with a DeepSpeed ZeRO-2 engine.
+number of tokens. posttrain runs as `posttrain sft` does: a Ray actor with a DeepSpeed engine, at ZeRO
+stage 0 by default (one worker has nothing to partition, and ZeRO's flat-buffer copies cost ~7% here);
+a ZeRO-2 run is measured beside it.
 
 Throughput is steady-state: tokens (real, non-pad) over the wall time of steps 2..N, the first step
 (allocator and kernel warm-up) left out for both. Runs alternate between the two; the medians are
@@ -44,14 +46,15 @@ def sft_examples(model_path: Path, count: int, seed: int = 0) -> list[tuple[list
     return list(zip(rows["input_ids"], rows["loss_mask"]))
 
 
-def run_posttrain(model_path: Path, steps: int, batch: int, out: Path, workers: int) -> dict:
+def run_posttrain(model_path: Path, steps: int, batch: int, out: Path, workers: int, zero_stage: int) -> dict:
     from posttrain.config import SFTConfig, load_config
     from posttrain.sft import run_sft
 
     cfg = load_config(SFTConfig, ROOT / "configs/tiny/sft.yaml", [
         f"model.path={model_path}", "model.build_tiny_if_missing=false", f"output_dir={out}",
         f"data.max_seq_len={MAX_SEQ_LEN}", f"data.pack_tokens={PACK_TOKENS}", f"trainer.global_batch_size={batch}",
-        f"trainer.max_steps={steps}", f"trainer.num_workers={workers}", f"optim.lr={LR}", "optim.schedule=constant",
+        f"trainer.max_steps={steps}", f"trainer.num_workers={workers}", f"deepspeed.zero_stage={zero_stage}",
+        f"optim.lr={LR}", "optim.schedule=constant",
         "optim.warmup_steps=0", f"checkpoint.every={steps}", "logging.progress_bar=false", f"logging.every={steps}",
         "logging.tensorboard=false"])
     run_sft(cfg, overwrite=True)
@@ -114,8 +117,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=48, help="sequences per optimizer step")
+    parser.add_argument("--batch", type=int, default=128, help="sequences per optimizer step")
     parser.add_argument("--workers", type=int, default=1, help="posttrain trainer workers")
+    parser.add_argument("--zero-stage", type=int, default=0, choices=(0, 2, 3),
+                        help="posttrain's DeepSpeed stage (0: nothing to partition on one worker); "
+                             "a stage-2 run is measured beside it")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process")
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "sft_vs_trl.json")
     args = parser.parse_args()
@@ -132,12 +138,16 @@ def main() -> None:
     print(f"model: qwen3_moe {counts['total'] / 1e6:.1f}M params, {counts['active'] / 1e6:.1f}M active; "
           f"{args.steps} steps x {args.batch} sequences; {machine()}", flush=True)
     init_ray(RayConfig())
-    posttrain_runs, trl_runs = [], []
+    posttrain_runs, zero2_runs, trl_runs = [], [], []
     for run in range(args.runs):
         posttrain_runs.append(run_posttrain(model_path, args.steps, args.batch, BENCH_DIR / "sft_vs_trl" / "posttrain",
-                                            args.workers))
-        print(f"run {run + 1} posttrain: {posttrain_runs[-1]['tokens_per_s']:,.0f} tokens/s "
+                                            args.workers, args.zero_stage))
+        print(f"run {run + 1} posttrain (ZeRO stage {args.zero_stage}): {posttrain_runs[-1]['tokens_per_s']:,.0f} tokens/s "
               f"(first loss {posttrain_runs[-1]['first_loss']:.4f})", flush=True)
+        if args.zero_stage != 2:
+            zero2_runs.append(run_posttrain(model_path, args.steps, args.batch, BENCH_DIR / "sft_vs_trl" / "posttrain-z2",
+                                            args.workers, 2))
+            print(f"run {run + 1} posttrain (ZeRO stage 2): {zero2_runs[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
         trl_runs.append(run_trl(model_path, examples, args.steps, posttrain_runs[-1]["micro_batches"],
                                 BENCH_DIR / "sft_vs_trl" / "trl", args.threads))
         print(f"run {run + 1} TRL:       {trl_runs[-1]['tokens_per_s']:,.0f} tokens/s "
@@ -147,13 +157,17 @@ def main() -> None:
     ours = median([r["tokens_per_s"] for r in posttrain_runs])
     theirs = median([r["tokens_per_s"] for r in trl_runs])
     result = {"posttrain_tokens_per_s": ours, "trl_tokens_per_s": theirs, "ratio": ours / theirs,
-              "posttrain_runs": posttrain_runs, "trl_runs": trl_runs, "machine": machine(), "args": vars(args) | {
+              "posttrain_runs": posttrain_runs, "posttrain_zero2_runs": zero2_runs, "trl_runs": trl_runs, "machine": machine(), "args": vars(args) | {
                   "json": str(args.json)}, "wall_s": time.perf_counter() - started}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\n| | tokens/s (median of {args.runs}) | runs | tokens per step |\n|---|---|---|---|")
-    print(f"| posttrain sft (DeepSpeed ZeRO-2, {args.workers} worker) | {ours:,.0f} | "
+    print(f"| posttrain sft, DeepSpeed ZeRO stage {args.zero_stage} ({args.workers} worker) | {ours:,.0f} | "
           f"{fmt_runs([r['tokens_per_s'] for r in posttrain_runs])} | {posttrain_runs[0]['tokens_per_step']:,.0f} |")
+    if zero2_runs:
+        zero2 = median([r["tokens_per_s"] for r in zero2_runs])
+        print(f"| posttrain sft, DeepSpeed ZeRO-2 ({args.workers} worker) | {zero2:,.0f} | "
+              f"{fmt_runs([r['tokens_per_s'] for r in zero2_runs])} | {zero2_runs[0]['tokens_per_step']:,.0f} |")
     print(f"| TRL SFTTrainer (packing bfd, padding-free) | {theirs:,.0f} | "
           f"{fmt_runs([r['tokens_per_s'] for r in trl_runs])} | {trl_runs[0]['tokens_per_step']:,.0f} |")
     print(f"\nwall time {result['wall_s']:.0f} s")

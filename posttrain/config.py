@@ -124,7 +124,9 @@ class TrainerConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: int = 2  # 2 or 3
+    # 2 or 3; or 0: nothing partitioned (plain data parallel) — the cheapest engine for one worker,
+    # where ZeRO's flat-buffer copies partition nothing (benchmarks/sft_vs_trl.py measures the gap).
+    zero_stage: int = 2
     bf16: bool = False
     # ZeRO-Offload: keep the optimizer state (fp32 master weights, Adam moments) and run its step
     # on the host — 12 bytes per trainable parameter move off the device.
@@ -285,7 +287,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "data.overlong_policy": ("truncate", "drop"),
     "optim.schedule": ("cosine", "constant"),
-    "deepspeed.zero_stage": (2, 3),
+    "deepspeed.zero_stage": (0, 2, 3),
     "rollout.backend": ("hf", "vllm"),
     "teacher.backend": ("hf", "vllm"),
     "teacher.dtype": ("float32", "bfloat16"),
@@ -465,6 +467,9 @@ def _check_levers(cfg, where: str) -> None:
     if ds is not None and ds.offload_params != "none" and ds.zero_stage != 3:
         raise ConfigError(f"{where}: 'deepspeed.offload_params: {ds.offload_params}' needs 'deepspeed.zero_stage: 3' "
                           f"(ZeRO-2 keeps whole parameters on every device), got zero_stage {ds.zero_stage}")
+    if ds is not None and ds.offload_optimizer != "none" and ds.zero_stage == 0:
+        raise ConfigError(f"{where}: 'deepspeed.offload_optimizer: {ds.offload_optimizer}' needs ZeRO "
+                          "('deepspeed.zero_stage: 2' or 3), got zero_stage 0")
     rollout = getattr(cfg, "rollout", None)
     if rollout is not None and rollout.colocate:
         for group in ("rollout", "teacher"):

@@ -29,7 +29,7 @@ def test_missing_required_value_is_named(tmp_path):
 
 
 def test_choice_and_range_checks():
-    with pytest.raises(ConfigError, match=r"'deepspeed\.zero_stage' must be one of \[2, 3\], got 1"):
+    with pytest.raises(ConfigError, match=r"'deepspeed\.zero_stage' must be one of \[0, 2, 3\], got 1"):
         load_config(SFTConfig, TINY, ["deepspeed.zero_stage=1"])
     with pytest.raises(ConfigError, match=r"'trainer\.num_workers' must be > 0, got 0"):
         load_config(SFTConfig, TINY, ["trainer.num_workers=0"])

@@ -124,14 +124,17 @@ class TrainerWorker:
                 c = expert_counts(out.router_logits, self.config.num_experts_per_tok).cpu()
                 counts_LE = c if counts_LE is None else counts_LE + c
         lr = float(self.schedule.get_last_lr()[0])  # the rate this step applies
-        self.engine.step()
+        if self.engine.zero_optimization_stage() == 0:
+            grad_norm, skipped = _step_unpartitioned(self.engine)
+        else:
+            self.engine.step()
+            grad_norm, skipped = self.engine.get_global_grad_norm(), not self.engine.was_step_applied()
         totals["tokens"] = float(sum(b.num_tokens for b in micro_batches))
-        grad_norm = self.engine.get_global_grad_norm()
         return {
-            # The non-finite guard is DeepSpeed's own: its ZeRO optimizer all-reduces an overflow
+            # The non-finite guard is DeepSpeed's own under ZeRO: its optimizer all-reduces an overflow
             # flag / the global grad norm, and on inf or NaN (fp32 and bf16 alike) zeroes the
             # gradients and skips the update and the schedule step on every rank together.
-            "skipped": not self.engine.was_step_applied(),
+            "skipped": skipped,
             "totals": totals,
             "expert_counts": counts_LE,
             "grad_norm": None if grad_norm is None else float(grad_norm),
@@ -216,6 +219,31 @@ class TrainerWorker:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _step_unpartitioned(engine) -> tuple[float, bool]:
+    """ZeRO stage 0 (nothing partitioned: the cheapest engine for one worker, or plain data parallel).
+
+    DeepSpeed then hands the step to the torch optimizer as is, with no overflow check of its own,
+    so the non-finite guard ZeRO gives is written here: each rank's gradient norm before `step()`
+    all-reduces the gradients, a skip agreed over ranks, and on inf or NaN no update and no schedule
+    step. The norm reported is this rank's before the reduction (the global one with one worker).
+    """
+    import torch.distributed as dist
+
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads \
+        else torch.zeros(())
+    finite = torch.tensor([float(torch.isfinite(norm))])
+    if dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite.item() < 1:
+        engine.zero_grad()
+        engine.global_steps += 1  # as DeepSpeed counts a step ZeRO skipped
+        engine.skipped_steps += 1
+        return float(norm), True
+    engine.step()
+    return float(norm), False
 
 
 def _fault_nan_loss(loss: torch.Tensor, step: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ def test_checkpointing_and_offload_give_the_baseline_steps(tiny_models, ray_loca
     model = ModelConfig(path=str(tiny_models["student"]))
     base = first_losses(model)
     assert base[1] < base[0]  # the step did something
-    for levers in ({"checkpointing": True}, {"offload_optimizer": "cpu"},
+    for levers in ({"checkpointing": True}, {"offload_optimizer": "cpu"}, {"zero_stage": 0},
                    {"zero_stage": 3, "offload_optimizer": "cpu", "offload_params": "cpu"}):
         losses = first_losses(model, **levers)
         assert abs(losses[0] - base[0]) < 1e-4, (levers, losses, base)  # before any update

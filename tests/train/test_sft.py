@@ -80,13 +80,15 @@ def test_a_driver_killed_mid_checkpoint_resumes_to_the_uninterrupted_weights(tin
     assert [r["loss"] for r in records(straight)] == [r["loss"] for r in records(resumed)]
 
 
-def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_resumably(tiny_models, ray_local, tmp_path, monkeypatch):
+@pytest.mark.parametrize("zero_stage", [2, 0])  # ZeRO's own overflow check; stage 0's in posttrain.train.worker
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_resumably(tiny_models, ray_local, tmp_path, monkeypatch,
+                                                                        zero_stage):
     from posttrain import checkpoint, faults
     from posttrain.sft import NonFiniteError
 
     out = tmp_path / "nan"
     common = ("trainer.max_steps=4", "checkpoint.every=1", "checkpoint.keep=4", "trainer.max_nonfinite_in_a_row=2",
-              "logging.tensorboard=false")
+              "logging.tensorboard=false", f"deepspeed.zero_stage={zero_stage}")
     monkeypatch.setenv(faults.ENV, "nan_loss:2,nan_loss:3")
     faults.reset()
     with pytest.raises(NonFiniteError, match=r"steps 2\.\.3 all had a non-finite loss or gradient and were skipped "
