@@ -65,7 +65,7 @@ def run_trl(student: Path, teacher: Path, messages: list, steps: int, prompts: i
             threads: int) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
 
     torch.set_num_threads(threads)
@@ -95,6 +95,7 @@ def run_trl(student: Path, teacher: Path, messages: list, steps: int, prompts: i
     clock = Clock()
     trainer = DistillationTrainer(model=str(student), teacher_model=AutoModelForCausalLM.from_pretrained(
         teacher, dtype=torch.float32), args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)  # its per-step dicts would bury the table
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     return {"prompts_per_s": prompts * len(clock.step_s[1:]) / sum(clock.step_s[1:]),

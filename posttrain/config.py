@@ -102,6 +102,9 @@ class OptimConfig:
 class TrainerConfig:
     num_workers: int = 1  # one Ray actor per device (per CPU process on a CPU machine)
     cpus_per_worker: float = 0  # 0: share the machine's CPUs evenly between the workers
+    # torch threads of each worker; 0: its CPU share rounded down (at least 1). Ray's CPU counts are
+    # logical: on a CPU machine where the OPD groups take turns, each may use every core.
+    threads_per_worker: int = 0
     gpus_per_worker: int = 0  # 1 on a GPU cluster
     # How Ray places the group's bundles (one per worker) on nodes: PACK (fewest nodes, best effort),
     # SPREAD (as many nodes as possible, best effort), STRICT_PACK (one node), STRICT_SPREAD (one node each).
@@ -213,6 +216,7 @@ class RolloutConfig:
     num_workers: int = 1
     # Ray's CPU counts are logical: on a small CPU machine, fractions let the three groups share cores.
     cpus_per_worker: float = 1
+    threads_per_worker: int = 0  # as trainer.threads_per_worker
     gpus_per_worker: int = 0
     placement: str = "PACK"  # as trainer.placement
     prompts_per_step: int = 8
@@ -238,6 +242,7 @@ class TeacherConfig:
     backend: str = "hf"  # hf | vllm
     num_workers: int = 1
     cpus_per_worker: float = 1
+    threads_per_worker: int = 0  # as trainer.threads_per_worker
     gpus_per_worker: int = 0
     placement: str = "PACK"  # as trainer.placement
     batch_size: int = 16
@@ -305,6 +310,7 @@ POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trai
             "rollout.samples_per_prompt", "rollout.max_new_tokens", "rollout.temperature", "teacher.num_workers",
             "data.max_prompt_len", "lora.rank", "lora.alpha")
 NON_NEGATIVE = ("trainer.max_nonfinite_in_a_row", "rollout.max_restarts", "teacher.max_restarts",
+                "trainer.threads_per_worker", "rollout.threads_per_worker", "teacher.threads_per_worker",
                 "trainer.stop_after_step", "trainer.max_steps", "optim.warmup_steps")
 
 

@@ -128,7 +128,8 @@ class RolloutGroup:
         else:
             worker_cls = HFRolloutWorker
         self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
-                             lambda i: (model_path, cfg, max(1, int(cpus)), trust_remote_code, share is not None),
+                             lambda i: (model_path, cfg, cfg.threads_per_worker or max(1, int(cpus)), trust_remote_code,
+                                       share is not None),
                              count=cfg.num_workers, max_restarts=cfg.max_restarts)
         # Where a restarted worker gets the current student weights (its constructor loads the
         # initial ones): set by the OPD loop to the trainer's weight buckets; None = the initial ones.

@@ -72,7 +72,8 @@ class TeacherGroup:
         else:
             worker_cls = HFTeacherWorker
         self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
-                             lambda i: (model_path, cfg, max(1, int(cpus)), trust_remote_code, share is not None),
+                             lambda i: (model_path, cfg, cfg.threads_per_worker or max(1, int(cpus)), trust_remote_code,
+                                       share is not None),
                              count=cfg.num_workers, max_restarts=cfg.max_restarts)
         # A restarted teacher reloads its (fixed) weights in its constructor: nothing to restore.
         self.restarts = Restarts("teacher", cfg.max_restarts, "teacher.max_restarts")

@@ -27,7 +27,8 @@ class TrainerGroup:
         else:
             cpus, gpus, self.placement = share.cpus, share.gpus, None
         self.workers = spawn(TrainerWorker, share.placement if share else self.placement, cpus, gpus,
-                             lambda rank: (rank, self.num_workers, max(1, int(cpus))), count=self.num_workers)
+                             lambda rank: (rank, self.num_workers, trainer.threads_per_worker or max(1, int(cpus))),
+                             count=self.num_workers)
         try:
             master = ray.get(self.workers[0].address.remote())
             info = get_all([w.setup.remote(master, model, trainer, optim, ds, total_steps, lora) for w in self.workers])
