@@ -52,14 +52,13 @@ def packed_row(seq: int, docs: int, vocab: int, device) -> tuple[torch.Tensor, t
 
 
 def active_flops_per_token_per_layer(config, doc_len: int, train: bool) -> float:
-    """Matmul FLOPs of one decoder layer per token: 2 (forward) or 6 (train) x active weights + attention."""
-    h, d = config.hidden_size, config.head_dim
-    attn_weights = h * d * (config.num_attention_heads * 2 + config.num_key_value_heads * 2)
-    expert_weights = config.num_experts_per_tok * 3 * h * config.moe_intermediate_size
-    router = h * config.num_experts
-    # Causal attention inside a document: scores and values, on average doc_len / 2 keys per query.
-    attention = 2 * 2 * config.num_attention_heads * d * doc_len / 2
-    return (6 if train else 2) * (attn_weights + expert_weights + router) + (3 if train else 1) * attention
+    """One decoder layer's share of posttrain's FLOP count (`posttrain.models.params`: 6 x active weights
+    + causal attention within a document of `doc_len`), without the (tied) embedding / LM head;
+    a forward pass is a third of forward + backward."""
+    from posttrain.models.params import train_flops_per_token
+
+    layers_only = train_flops_per_token(config, doc_len) - 6 * config.vocab_size * config.hidden_size
+    return layers_only / config.num_hidden_layers / (1 if train else 3)
 
 
 def time_it(fn, warmup: int, iters: int, device) -> float:

@@ -20,7 +20,8 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 def shard(items: list, num_workers: int) -> list[list]:
-    """Round-robin shards, as the groups split work between their workers."""
+    """Round-robin shards: how the rollout and teacher groups split work between their workers (and
+    so how the pad fractions below are counted)."""
     return [items[i::num_workers] for i in range(num_workers)]
 
 

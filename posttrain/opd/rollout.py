@@ -14,7 +14,7 @@ import torch
 
 from posttrain.cluster import Restarts, release, reserve, spawn
 from posttrain.config import RolloutConfig
-from posttrain.opd.batching import length_sorted_batches
+from posttrain.opd.batching import length_sorted_batches, shard
 
 
 @dataclass
@@ -144,7 +144,7 @@ class RolloutGroup:
 
     def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
         indexed = list(enumerate(prompt_ids))
-        shards = [indexed[i::len(self.workers)] for i in range(len(self.workers))]
+        shards = shard(indexed, len(self.workers))
         results = self.restarts.run(self.workers, "generate",
                                     [(i, (shard, seed * 1000 + i, greedy)) for i, shard in enumerate(shards) if shard])
         samples = [s for part in results for s in part]

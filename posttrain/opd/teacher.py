@@ -12,7 +12,7 @@ import torch
 
 from posttrain.cluster import Restarts, release, reserve, spawn
 from posttrain.config import TeacherConfig
-from posttrain.opd.batching import length_sorted_batches
+from posttrain.opd.batching import length_sorted_batches, shard
 from posttrain.opd.rollout import Sleepable
 
 
@@ -80,7 +80,7 @@ class TeacherGroup:
 
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
         n = len(self.workers)
-        shards = [sequences[i::n] for i in range(n)]
+        shards = shard(sequences, n)
         parts = self.restarts.run(self.workers, "score", [(i, (shard, topk)) for i, shard in enumerate(shards) if shard])
         results: list[dict] = [None] * len(sequences)  # type: ignore[list-item]
         for i, part in enumerate(parts):

@@ -231,9 +231,7 @@ def _step_unpartitioned(engine) -> tuple[float, bool]:
     """
     import torch.distributed as dist
 
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads \
-        else torch.zeros(())
+    norm = torch.nn.utils.get_total_norm([p.grad for p in engine.module.parameters() if p.grad is not None])
     finite = torch.tensor([float(torch.isfinite(norm))])
     if dist.is_initialized():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
