@@ -9,10 +9,14 @@ constant learning rate, and the same number of optimizer steps over the same pro
 TRL's DistillationTrainer samples one completion per dataset row, so every prompt appears twice in
 its dataset, next to each other; beta = 1 makes its loss the reverse KL. TRL gets its fastest CPU
 settings (no gradient checkpointing, no bf16 on a CPU). posttrain runs as `posttrain opd` does: Ray
-rollout, teacher and trainer groups (DeepSpeed ZeRO-2) with bucketed weight sync after every step.
+rollout, teacher and trainer groups (DeepSpeed ZeRO-2) with bucketed weight sync after every step,
+in two arms: on-policy (the groups take turns, each with both cores) and one step off-policy
+(`rollout.async_steps=1`: the next step is sampled and scored while this one trains; the rollout
+and trainer then run at once, so each gets one core's thread).
 
 Throughput is steady-state prompts per second over steps 2..N (the first step's warm-up left out
-for both); runs alternate and the medians are compared. Prints `ratio: X` (posttrain over TRL).
+for both); runs alternate and the medians are compared. Prints `ratio: X` (posttrain one step
+off-policy over TRL) and `ratio_on_policy: X` (posttrain on-policy over TRL).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import BENCH_DIR, ROOT, machine, median, tiny_suite  # noqa: E402
 
 LR = 1e-5
+
+
+# One step off-policy on a 2-core machine: rollout and trainer run at the same time, one thread each
+# (two each would oversubscribe the cores: measured 0.6x slower than on-policy); the teacher scores
+# right after the rollout, beside the trainer, with 2.
+ASYNC = ["rollout.async_steps=1", "rollout.threads_per_worker=1", "trainer.threads_per_worker=1"]
 
 
 def opd_overrides(student: Path, teacher: Path, steps: int, prompts: int, max_new: int, out: Path) -> list[str]:
@@ -56,7 +66,7 @@ def run_posttrain(cfg) -> dict:
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     timed = records[1:]
     per_step = cfg.rollout.prompts_per_step
-    split = {k: median([r[k] for r in timed]) for k in ("rollout_s", "teacher_s", "train_s", "sync_s", "step_s")}
+    split = {k: median([r[k] for r in timed]) for k in ("rollout_s", "teacher_s", "wait_s", "train_s", "sync_s", "step_s")}
     return {"prompts_per_s": per_step * len(timed) / sum(r["step_s"] for r in timed),
             "response_len": median([r["response_len"] for r in records]), "split": split}
 
@@ -127,38 +137,45 @@ def main() -> None:
     out = BENCH_DIR / "opd_vs_trl"
     cfg = load_config(OPDConfig, ROOT / "configs/tiny/opd.yaml", opd_overrides(
         student, teacher, args.steps, args.prompts, args.max_new_tokens, out / "posttrain"))
+    cfg_async = load_config(OPDConfig, ROOT / "configs/tiny/opd.yaml", opd_overrides(
+        student, teacher, args.steps, args.prompts, args.max_new_tokens, out / "posttrain-async") + ASYNC)
     messages = prompt_messages(cfg, args.steps * args.prompts)
     print(f"student {student} <- teacher {teacher}; {args.steps} steps x {args.prompts} prompts x 2 completions, "
           f"at most {args.max_new_tokens} new tokens; {machine()}", flush=True)
     init_ray(RayConfig())
-    posttrain_runs, trl_runs = [], []
+    posttrain_runs, async_runs, trl_runs = [], [], []
     for run in range(args.runs):
-        posttrain_runs.append(run_posttrain(cfg))
-        print(f"run {run + 1} posttrain: {posttrain_runs[-1]['prompts_per_s']:.2f} prompts/s "
-              f"(response length {posttrain_runs[-1]['response_len']:.1f}; median step split "
-              + ", ".join(f"{k} {v:.2f}" for k, v in posttrain_runs[-1]["split"].items()) + ")", flush=True)
+        for name, runs, config in (("posttrain on-policy", posttrain_runs, cfg), ("posttrain async 1", async_runs, cfg_async)):
+            runs.append(run_posttrain(config))
+            print(f"run {run + 1} {name}: {runs[-1]['prompts_per_s']:.2f} prompts/s "
+                  f"(response length {runs[-1]['response_len']:.1f}; median step split "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in runs[-1]["split"].items()) + ")", flush=True)
         trl_runs.append(run_trl(student, teacher, messages, args.steps, args.prompts, args.max_new_tokens,
                                 out / "trl", args.threads))
-        print(f"run {run + 1} TRL:       {trl_runs[-1]['prompts_per_s']:.2f} prompts/s "
+        print(f"run {run + 1} TRL: {trl_runs[-1]['prompts_per_s']:.2f} prompts/s "
               f"(response length {trl_runs[-1]['response_len']:.1f})", flush=True)
     ray.shutdown()
 
     ours = median([r["prompts_per_s"] for r in posttrain_runs])
+    ahead = median([r["prompts_per_s"] for r in async_runs])
     theirs = median([r["prompts_per_s"] for r in trl_runs])
-    result = {"posttrain_prompts_per_s": ours, "trl_prompts_per_s": theirs, "ratio": ours / theirs,
-              "posttrain_runs": posttrain_runs, "trl_runs": trl_runs, "machine": machine(),
+    result = {"posttrain_prompts_per_s": ours, "posttrain_async_prompts_per_s": ahead, "trl_prompts_per_s": theirs,
+              "ratio": ahead / theirs, "ratio_on_policy": ours / theirs,
+              "posttrain_runs": posttrain_runs, "posttrain_async_runs": async_runs, "trl_runs": trl_runs, "machine": machine(),
               "args": {k: str(v) for k, v in vars(args).items()}, "wall_s": time.perf_counter() - started}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\n| | prompts/s (median of {args.runs}) | runs | mean response length |\n|---|---|---|---|")
-    print(f"| posttrain opd (hf rollout + hf teacher + DeepSpeed trainer on Ray) | {ours:.2f} | "
-          f"{runs_text(posttrain_runs)} | "
-          f"{median([r['response_len'] for r in posttrain_runs]):.1f} |")
+    print(f"| posttrain opd, on-policy (hf rollout + hf teacher + DeepSpeed trainer on Ray) | {ours:.2f} | "
+          f"{runs_text(posttrain_runs)} | {median([r['response_len'] for r in posttrain_runs]):.1f} |")
+    print(f"| posttrain opd, one step off-policy (rollout.async_steps 1) | {ahead:.2f} | "
+          f"{runs_text(async_runs)} | {median([r['response_len'] for r in async_runs]):.1f} |")
     print(f"| TRL DistillationTrainer (beta 1, local teacher) | {theirs:.2f} | "
           f"{runs_text(trl_runs)} | "
           f"{median([r['response_len'] for r in trl_runs]):.1f} |")
     print(f"\nwall time {result['wall_s']:.0f} s")
-    print(f"ratio: {ours / theirs:.2f}")
+    print(f"ratio_on_policy: {ours / theirs:.2f}")
+    print(f"ratio: {ahead / theirs:.2f}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ class ModelConfig:
     build_tiny_if_missing: bool = False
     tiny_seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16 — the dtype of the trained weights
-    attn_implementation: str = "sdpa"
+    # The trainer's attention over packed rows: "sdpa_packed" attends within each example at the cost of
+    # the examples (posttrain.models.packed_attention; any device); "flash_attention_2" where flash-attn
+    # is installed (GPU, bf16); "sdpa" builds a dense block mask per row (quadratic in the row).
+    attn_implementation: str = "sdpa_packed"
     trust_remote_code: bool = False  # off unless a config turns it on
 
 
@@ -232,6 +235,12 @@ class RolloutConfig:
     # (posttrain.opd.colocate). Their gpus_per_worker are then ignored; with vLLM, each engine's
     # gpu_memory_utilization must fit beside the trainer's resident weights and optimizer state.
     colocate: bool = False
+    # 0: on-policy, every step samples from the weights the previous step produced. 1: one step
+    # off-policy (slime's --async, verl's one-step-off-policy): step t+1's samples and teacher scores
+    # are made while step t trains, from weights one step older; the clipped importance ratio of the
+    # loss corrects for the lag (posttrain.opd.ahead). Checkpoint, eval and teacher-switch steps
+    # drain the pipeline, so a resumed run still matches an uninterrupted one exactly.
+    async_steps: int = 0
     # A worker that dies is restarted (by Ray), given the current weights, and its work redone; after
     # this many deaths in a run, the run stops with a checkpoint to resume from.
     max_restarts: int = 3
@@ -245,7 +254,8 @@ class TeacherConfig:
     threads_per_worker: int = 0  # as trainer.threads_per_worker
     gpus_per_worker: int = 0
     placement: str = "PACK"  # as trainer.placement
-    batch_size: int = 16
+    batch_size: int = 16  # sequences per padded batch (hf; teachers that cannot be packed, e.g. qwen3_next)
+    pack_tokens: int = 4096  # tokens per packed row (hf; attention-only teachers, e.g. qwen3_moe)
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.5  # vllm
     max_restarts: int = 3  # as rollout.max_restarts, per teacher group
@@ -304,11 +314,12 @@ CHOICES = {
     "deepspeed.offload_optimizer": ("none", "cpu"),
     "deepspeed.offload_params": ("none", "cpu"),
     "deepspeed.host_optimizer": ("auto", "deepspeed", "torch"),
+    "rollout.async_steps": (0, 1),
 }
 POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trainer.global_batch_size",
             "checkpoint.every", "checkpoint.keep", "optim.lr", "rollout.num_workers", "rollout.prompts_per_step",
             "rollout.samples_per_prompt", "rollout.max_new_tokens", "rollout.temperature", "teacher.num_workers",
-            "data.max_prompt_len", "lora.rank", "lora.alpha")
+            "data.max_prompt_len", "lora.rank", "lora.alpha", "teacher.pack_tokens")
 NON_NEGATIVE = ("trainer.max_nonfinite_in_a_row", "rollout.max_restarts", "teacher.max_restarts",
                 "trainer.threads_per_worker", "rollout.threads_per_worker", "teacher.threads_per_worker",
                 "trainer.stop_after_step", "trainer.max_steps", "optim.warmup_steps")
@@ -477,6 +488,9 @@ def _check_levers(cfg, where: str) -> None:
         raise ConfigError(f"{where}: 'deepspeed.offload_optimizer: {ds.offload_optimizer}' needs ZeRO "
                           "('deepspeed.zero_stage: 2' or 3), got zero_stage 0")
     rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.colocate and rollout.async_steps:
+        raise ConfigError(f"{where}: 'rollout.async_steps: {rollout.async_steps}' overlaps sampling with training, but "
+                          "'rollout.colocate' makes them take turns on shared devices; drop one of them")
     if rollout is not None and rollout.colocate:
         for group in ("rollout", "teacher"):
             count = getattr(cfg, group).num_workers

@@ -81,7 +81,7 @@ class SleepingTeacher:
     """A colocated TeacherGroup: loaded on the device only while it scores."""
 
     def __init__(self, group):
-        self.group = group
+        self.group, self.packed = group, group.packed
         group.sleep()
 
     def score(self, sequences, topk: int = 0):

@@ -7,6 +7,7 @@ cascade switches, checkpoints, resume).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,25 +17,46 @@ from posttrain import checkpoint, faults
 from posttrain.config import ConfigError, EvalConfig, OPDConfig, TeacherStage, to_dict
 from posttrain.data.packing import pack
 from posttrain.metrics import JsonlLog, RunLog
+from posttrain.opd.ahead import Ahead
 from posttrain.opd.checks import check_budgets, check_cascade, check_student
 from posttrain.sft import (load_tokenizer, nonfinite_error, note_skipped, prepare_output_dir, resume_hint,
                            too_many_nonfinite, write_placement)
 from posttrain.train.losses import expert_imbalance
 
 
-def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> dict:
-    """One on-policy distillation step over `prompts` (a list of `Prompt`)."""
+@dataclass
+class Generated:
+    """One step's rollout and teacher scores, and what each took."""
+
+    samples: list  # of posttrain.opd.rollout.Sample
+    scores: list[dict]  # per sample: the teacher's log-probs of its response tokens (and top-k)
+    rollout_s: float
+    teacher_s: float
+
+
+def generate_and_score(step: int, prompts, rollout, teacher, cfg: OPDConfig) -> Generated:
+    """Stages 1 and 2 of a step: sample, then score the samples."""
     timer = time.perf_counter()
     # 1. Rollout: samples_per_prompt responses per prompt from the current student, with the sampler's log-probs.
     samples = rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
     rollout_s, timer = time.perf_counter() - timer, time.perf_counter()
-
     # 2. Score: the teacher's log-probs (temperature 1) of exactly those tokens.
     topk = cfg.loss.topk if cfg.loss.mode == "topk" else 0
     scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=topk)
-    teacher_s, timer = time.perf_counter() - timer, time.perf_counter()
+    return Generated(samples, scores, rollout_s, time.perf_counter() - timer)
+
+
+def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig, ahead: Ahead | None = None) -> dict:
+    """One on-policy distillation step over `prompts` (a list of `Prompt`); with `ahead`
+    (rollout.async_steps: 1) its samples and scores were made while the previous step trained."""
+    started = time.perf_counter()
+    # 1-2. Rollout and teacher scores (posttrain.opd.ahead: already in flight, one step off-policy).
+    got = ahead.take(step) if ahead else generate_and_score(step, prompts, rollout, teacher, cfg)
+    samples, scores = got.samples, got.scores
+    wait_s, timer = time.perf_counter() - started, time.perf_counter()
 
     # 3. Train: minimise the reverse KL on the student's own tokens (prompt tokens carry no loss).
+    topk = cfg.loss.topk if cfg.loss.mode == "topk" else 0
     examples = []
     for sample, score in zip(samples, scores):
         prompt_len = len(prompts[sample.prompt_index].input_ids)
@@ -49,14 +71,19 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
                                 kl_coef=cfg.loss.kl_coef, clip_ratio=cfg.loss.clip_ratio)
     train_s, timer = time.perf_counter() - timer, time.perf_counter()
 
-    # 4. Sync: the new student weights to the rollout engines, in buckets.
-    rollout.update_weights(trainer.weight_buckets(cfg.rollout.sync_bucket_mb))
+    # 4. Sync: the new student weights to the rollout engines, in buckets (queued behind the
+    #    generation in flight when working ahead).
+    weights = trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
+    if ahead:
+        ahead.sync(weights)
+    else:
+        rollout.update_weights(weights)
     sync_s = time.perf_counter() - timer
 
     response_tokens = sum(len(s.response_ids) for s in samples)
-    padding = _padding(prompts, samples, cfg)
+    padding = _padding(prompts, samples, cfg, teacher_packed=teacher.packed)
     reverse_kl = sum(float(sum(s.sampler_logprobs) - score["logprobs"].sum()) for s, score in zip(samples, scores))
-    step_s = rollout_s + teacher_s + train_s + sync_s
+    step_s = time.perf_counter() - started  # wall time: with `ahead`, less than the stages' sum
     router = {}
     if result["expert_counts"] is not None:  # per layer: busiest expert / mean (1.0 = balanced)
         router = {"expert_imbalance": [round(x, 4) for x in expert_imbalance(result["expert_counts"])],
@@ -66,14 +93,26 @@ def opd_step(step: int, prompts, rollout, teacher, trainer, cfg: OPDConfig) -> d
         "loss": result["totals"]["loss_sum"] / max(1, result["global_targets"]),
         "response_len": response_tokens / len(samples),
         "truncated_frac": sum(s.truncated for s in samples) / len(samples),
-        "rollout_s": rollout_s, "teacher_s": teacher_s, "train_s": train_s, "sync_s": sync_s, "step_s": step_s,
+        "rollout_s": got.rollout_s, "teacher_s": got.teacher_s, "wait_s": wait_s, "train_s": train_s, "sync_s": sync_s,
+        "step_s": step_s,
+        "train_compute_s": result["compute_s"],
         "tokens": int(result["totals"]["tokens"]), "tokens_per_s": result["totals"]["tokens"] / step_s,
         "lr": result["lr"], "grad_norm": result["grad_norm"], "skipped": result["skipped"], **padding, **router,
     }
 
 
-def _padding(prompts, samples, cfg: OPDConfig) -> dict:
-    """Pad fraction of the hf rollout and teacher batches (training is packed: no padding at all)."""
+def _drains(step: int, stage_step: int, cfg: OPDConfig, total_steps: int) -> bool:
+    """Whether the step after `step` must sample from `step`'s own weights (no working ahead past it):
+    a step that checkpoints (so that resuming from it is exact), evaluates, ends a teacher stage or the run."""
+    index, _ = cascade_position(cfg.teachers, step)
+    return (step % cfg.checkpoint.every == 0 or step == total_steps or step == cfg.trainer.stop_after_step
+            or stage_step == cfg.teachers[index].steps
+            or (cfg.eval.every > 0 and step % cfg.eval.every == 0))
+
+
+def _padding(prompts, samples, cfg: OPDConfig, teacher_packed: bool) -> dict:
+    """Pad fraction of the hf rollout and teacher batches (training, and teachers that can be packed,
+    run packed rows: no padding at all)."""
     from posttrain.opd.batching import rollout_padding, teacher_padding
 
     prompt_lens = [len(prompts[s.prompt_index].input_ids) for s in samples]
@@ -83,7 +122,9 @@ def _padding(prompts, samples, cfg: OPDConfig) -> dict:
         pad, total = rollout_padding(prompt_lens, response_lens, cfg.rollout.batch_size, cfg.rollout.num_workers,
                                      cfg.rollout.samples_per_prompt)
         record["rollout_pad_frac"] = pad / max(1, total)
-    if cfg.teacher.backend == "hf":
+    if cfg.teacher.backend == "hf" and teacher_packed:
+        record["teacher_pad_frac"] = 0.0
+    elif cfg.teacher.backend == "hf":
         pad, total = teacher_padding([p + r for p, r in zip(prompt_lens, response_lens)], cfg.teacher.batch_size,
                                      cfg.teacher.num_workers)
         record["teacher_pad_frac"] = pad / max(1, total)
@@ -173,6 +214,8 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     # A rollout worker that Ray restarted is given the trainer's current weights before its work is redone.
     rollout.weights_source = lambda: trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
     rollout = SleepingRollout(rollout) if shared else rollout
+    # rollout.async_steps: 1 — the next step is sampled and scored while this one trains.
+    ahead = Ahead(rollout, generate_and_score) if cfg.rollout.async_steps else None
     teacher, loaded_index = None, None
     try:
         if found is not None:
@@ -199,8 +242,12 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                                                      share=shared and shared.teacher), index
                 teacher = SleepingTeacher(teacher) if shared else teacher
             batch = prompts.batch(state["cursor"], per_step)
+            if ahead:
+                ahead.prepare(step, batch, teacher, cfg)
+                if not _drains(step, stage_step, cfg, total_steps):
+                    ahead.prepare(step + 1, prompts.batch(state["cursor"] + per_step, per_step), teacher, cfg)
             try:
-                record = opd_step(step, batch, rollout, teacher, trainer, cfg)
+                record = opd_step(step, batch, rollout, teacher, trainer, cfg, ahead)
             except WorkerFailure as e:
                 # Rollout or teacher workers gone past their restarts: the trainer still holds the
                 # weights of the last finished step, so seal them; a dead trainer rank cannot be saved.
@@ -211,6 +258,8 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
             state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
             record.update(note_skipped(state, record.pop("skipped")))
             if eval_examples and (step % cfg.eval.every == 0 or step == total_steps):
+                if ahead:
+                    ahead.drain()  # the rollout workers hold this step's weights; nothing else runs
                 record.update(_evaluate(rollout, tokenizer, eval_examples, seed=step))
             log.log({"step": step, "stage": index + 1, "teacher": cfg.teachers[index].path, "stage_step": stage_step,
                      **record})
@@ -234,6 +283,8 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
         consumed.close()
         trainer.export_hf(str(out / "final"))
     finally:
+        if ahead is not None:
+            ahead.close()
         for group in (teacher, rollout, trainer):
             if group is not None:
                 group.shutdown()

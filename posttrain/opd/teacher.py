@@ -2,8 +2,10 @@
 
 Temperature is 1 by construction (a plain log-softmax of the teacher's logits): SGLang once
 ignored the temperature of prefill log-probs silently, and a tempered teacher is a different
-target. Sequences are right-padded, which keeps every real token's causal context intact for any
-architecture, including `qwen3_next`'s linear-attention layers.
+target. Attention-only teachers (qwen3_moe, ...) score packed rows, as the trainer trains them: no
+padding, and logits only at the positions that predict a response token (`logits_to_keep`).
+Others (`qwen3_next`, whose linear-attention layers carry state along a row) score right-padded
+batches, which keep every real token's causal context intact for any architecture.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 
 from posttrain.cluster import Restarts, release, reserve, spawn
 from posttrain.config import TeacherConfig
+from posttrain.data.packing import IGNORE, pack
+from posttrain.models.packed_attention import packable, register
 from posttrain.opd.batching import length_sorted_batches, shard
 from posttrain.opd.rollout import Sleepable
 
@@ -28,14 +32,46 @@ class HFTeacherWorker(Sleepable):
         self.cfg = cfg
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
-                                                          trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.packed = packable(model_path, trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=trust_remote_code,
+            attn_implementation=register() if self.packed else None).to(self.device).eval()
 
     @torch.no_grad()
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[dict]:
         """Per (prompt_ids, response_ids): `logprobs` [R] of the response tokens; with `topk`, also
         `topk_ids` / `topk_logprobs` [R, k] of the teacher's own distribution at those positions."""
         self._check_awake()
+        return self._score_packed(sequences, topk) if self.packed else self._score_padded(sequences, topk)
+
+    def _score_packed(self, sequences: list[tuple[list[int], list[int]]], topk: int) -> list[dict]:
+        # Each token carries the index of its sequence ("owner"), so the packed row's log-probs split back.
+        examples = [(p + r, [0] * len(p) + [1] * len(r), {"owner": torch.full((len(p) + len(r),), i)})
+                    for i, (p, r) in enumerate(sequences)]
+        k = min(topk, self.model.config.vocab_size)
+        results = [{"logprobs": torch.zeros(0), **({"topk_ids": torch.zeros(0, k, dtype=torch.long),
+                                                   "topk_logprobs": torch.zeros(0, k)} if topk else {})}
+                   for _ in sequences]  # what an empty response gets
+        budget = max(self.cfg.pack_tokens, max(len(ids) for ids, _, _ in examples))
+        for row in pack(examples, budget):
+            keep_R = (row.labels != IGNORE).nonzero()[:, 0]  # positions that predict a response token
+            if keep_R.numel() == 0:
+                continue
+            logits_RV = self.model(input_ids=row.input_ids[None].to(self.device),
+                                   position_ids=row.position_ids[None].to(self.device),
+                                   logits_to_keep=keep_R.to(self.device), use_cache=False).logits[0].float()
+            logp_RV = torch.log_softmax(logits_RV, dim=-1)
+            parts = {"logprobs": logp_RV.gather(-1, row.labels[keep_R].to(self.device)[:, None])[:, 0].cpu()}
+            if topk:
+                values, indices = logp_RV.topk(k, dim=-1)
+                parts.update(topk_ids=indices.cpu(), topk_logprobs=values.cpu())
+            owners, counts = torch.unique_consecutive(row.extras["owner"][keep_R], return_counts=True)
+            for name, values in parts.items():
+                for owner, chunk in zip(owners.tolist(), values.split(counts.tolist())):
+                    results[owner][name] = chunk
+        return results
+
+    def _score_padded(self, sequences: list[tuple[list[int], list[int]]], topk: int) -> list[dict]:
         results: list[dict] = [None] * len(sequences)  # type: ignore[list-item]
         for batch in length_sorted_batches([len(p) + len(r) for p, r in sequences], self.cfg.batch_size):
             chunk = [sequences[i] for i in batch]
@@ -62,6 +98,8 @@ class TeacherGroup:
     def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False, share=None):
         """`share`: bundles shared with the trainer (`posttrain.opd.colocate`); the engines can sleep."""
         self.model_path = model_path
+        # Whether the hf workers score packed rows (no padding; posttrain.models.packed_attention).
+        self.packed = cfg.backend == "hf" and packable(model_path, trust_remote_code)
         if share is None:
             cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
             self.placement = reserve("teacher", cfg.num_workers, cpus, gpus, cfg.placement)

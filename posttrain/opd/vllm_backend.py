@@ -79,7 +79,7 @@ class VLLMRolloutWorker(_SleepMode):
         count = 0
         for ref in bucket_refs:
             bucket = ray.get(ref)
-            count += self.llm.collective_rpc(_load_weights, args=(list(bucket.items()),))[0]
+            count += self.llm.collective_rpc(_load_weights, args=(list(bucket.tensors()),))[0]
         self.llm.reset_prefix_cache()  # cached KV of the old weights is stale
         return count
 

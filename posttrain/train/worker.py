@@ -59,6 +59,9 @@ class TrainerWorker:
             from transformers.integrations import HfDeepSpeedConfig
 
             hf_ds = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 — must stay alive during from_pretrained
+        from posttrain.models.packed_attention import register
+
+        register()  # attn_implementation "sdpa_packed" (the default) is posttrain's, not transformers'
         model = AutoModelForCausalLM.from_pretrained(
             model_cfg.path, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
             trust_remote_code=model_cfg.trust_remote_code,

@@ -1,6 +1,5 @@
 """The OPD stage end to end on the tiny suite: rollout, teacher and trainer groups on a real Ray."""
 
-import json
 import shutil
 
 import pytest
@@ -11,21 +10,7 @@ from safetensors.torch import load_file
 from posttrain.config import OPDConfig, TeacherStage, load_config
 from posttrain.opd.checks import VocabularyMismatch
 from posttrain.opd.loop import cascade_position, run_opd
-
-TINY = "configs/tiny/opd.yaml"
-
-
-def config(tiny_models, out, stages=(6, 6), *overrides, student=None):
-    cfg = load_config(OPDConfig, TINY, [f"model.path={student or tiny_models['student']}", f"output_dir={out}",
-                                        "logging.progress_bar=false", "logging.tensorboard=false", *overrides])
-    cfg.teachers = [TeacherStage(str(tiny_models["teacher-moe"]), stages[0]),
-                    TeacherStage(str(tiny_models["teacher-next"]), stages[1])][:len(stages)]
-    return cfg
-
-
-def records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
+from tests.opd.conftest import FAULT_RUN, TINY, config, prompt_ids, records, same_weights
 
 def test_cascade_position():
     stages = [TeacherStage("a", 3), TeacherStage("b", 2)]
@@ -74,26 +59,6 @@ def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, t
         assert (out / "report" / name).stat().st_size > 1000
     page = (out / "report.md").read_text()
     assert "![reverse_kl.png](report/reverse_kl.png)" in page and "teacher-next" in page
-
-
-# The fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
-FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
-
-
-def prompt_ids(out):
-    return [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
-
-
-def same_weights(a, b):
-    a, b = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def undisturbed(tiny_models, ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("opd") / "undisturbed"
-    run_opd(config(tiny_models, out, (2, 3), *FAULT_RUN))
-    return out
 
 
 def test_a_driver_killed_mid_checkpoint_resumes_in_the_second_stage(tiny_models, undisturbed, tmp_path):
