@@ -4,7 +4,8 @@
 
 A few `qwen3_moe` decoder layers of Marco-Mini's shape (hidden 1024, 256 experts x 768 with 8 active,
 16 q / 8 kv heads of dim 128) in bf16, fed packed 8,192-token rows (`--docs` documents per row,
-position ids restarting per document, as posttrain packs them), forward + backward, for every experts
+position ids restarting per document, as posttrain packs them; attention `sdpa_packed`, the trainer's
+default), forward + backward, for every experts
 implementation transformers offers (`eager` and the registered ones: grouped_mm, batched_mm, ...).
 Reports tokens/s, MFU on active-parameter FLOPs (6 x active weights per token + causal attention
 within each document), and the full 28-layer model's tokens/s per GPU extrapolated from the per-layer
@@ -38,10 +39,15 @@ QWEN3_30B_A3B = dict(hidden_size=2048, moe_intermediate_size=768, num_hidden_lay
 
 
 def layer_config(base: dict, layers: int, **override):
+    """A qwen3_moe config with posttrain's training attention over packed rows (`sdpa_packed`)."""
     from transformers import Qwen3MoeConfig
 
+    from posttrain.models.packed_attention import register
+
     spec = {k: v for k, v in base.items() if k != "model_type"} | override | {"num_hidden_layers": layers}
-    return Qwen3MoeConfig(**spec)
+    config = Qwen3MoeConfig(**spec)
+    config._attn_implementation = register()
+    return config
 
 
 def packed_row(seq: int, docs: int, vocab: int, device) -> tuple[torch.Tensor, torch.Tensor]:
