@@ -12,7 +12,7 @@ settings (no gradient checkpointing, no bf16 on a CPU). posttrain runs as `postt
 rollout, teacher and trainer groups (DeepSpeed ZeRO-2) with bucketed weight sync after every step,
 in two arms: on-policy (the groups take turns, each with both cores) and one step off-policy
 (`rollout.async_steps=1`: the next step is sampled and scored while this one trains; the rollout
-and trainer then run at once, so each gets one core's thread).
+or teacher and the trainer then run at once, so each worker gets one core's thread).
 
 Throughput is steady-state prompts per second over steps 2..N (the first step's warm-up left out
 for both); runs alternate and the medians are compared. Prints `ratio: X` (posttrain one step
@@ -34,10 +34,10 @@ from benchmarks.common import BENCH_DIR, ROOT, machine, median, tiny_suite  # no
 LR = 1e-5
 
 
-# One step off-policy on a 2-core machine: rollout and trainer run at the same time, one thread each
-# (two each would oversubscribe the cores: measured 0.6x slower than on-policy); the teacher scores
-# right after the rollout, beside the trainer, with 2.
-ASYNC = ["rollout.async_steps=1", "rollout.threads_per_worker=1", "trainer.threads_per_worker=1"]
+# One step off-policy on a 2-core machine: the rollout (then the teacher) runs beside the trainer, so
+# each worker gets one thread (two each oversubscribe the cores: measured 0.6x slower than on-policy).
+ASYNC = ["rollout.async_steps=1", "rollout.threads_per_worker=1", "trainer.threads_per_worker=1",
+         "teacher.threads_per_worker=1"]
 
 
 def opd_overrides(student: Path, teacher: Path, steps: int, prompts: int, max_new: int, out: Path) -> list[str]:

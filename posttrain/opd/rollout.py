@@ -2,8 +2,8 @@
 
 Returns, per sample, the response token ids, the sampler's log-prob of each (under the exact
 distribution it sampled from: after temperature and top-p), and whether it ran out of tokens.
-Backends: `hf` (transformers `generate` with KV cache, batched, left-padded; CPU or GPU) and `vllm`
-(GPU, imported only when chosen).
+Backends: `hf` (a transformers model decoding with its KV cache, batched, left-padded, through
+`posttrain.opd.sampling`; CPU or GPU) and `vllm` (GPU, imported only when chosen).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from posttrain.cluster import Restarts, release, reserve, spawn
 from posttrain.config import RolloutConfig
 from posttrain.opd.batching import length_sorted_batches, shard
+from posttrain.opd.sampling import sample
 
 
 @dataclass
@@ -81,10 +82,8 @@ class HFRolloutWorker(Sleepable):
         (`greedy`: once, by argmax — evaluation)."""
         self._check_awake()
         cfg = self.cfg
-        torch.manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         jobs = [(index, ids) for index, ids in prompts for _ in range(1 if greedy else cfg.samples_per_prompt)]
-        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": cfg.temperature,
-                                                         "top_p": cfg.top_p, "top_k": 0}
         samples: list[Sample] = [None] * len(jobs)  # type: ignore[list-item]  # in job order, whatever the batching
         for batch in length_sorted_batches([len(ids) for _, ids in jobs], cfg.batch_size):
             chunk = [jobs[i] for i in batch]
@@ -94,18 +93,12 @@ class HFRolloutWorker(Sleepable):
             for row, (_, ids) in enumerate(chunk):  # left padding: every prompt ends where generation starts
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention_mask[row, width - len(ids):] = 1
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                **sampling, max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
-                output_scores=True, return_dict_in_generate=True,
-            )
-            new_BN = out.sequences[:, width:].cpu()
-            # `scores` are the processed logits the sampler drew from: their log-softmax is its log-prob.
-            logp_BN = torch.stack([torch.log_softmax(s.float(), dim=-1).cpu() for s in out.scores], dim=1)
-            chosen_BN = logp_BN.gather(-1, new_BN.unsqueeze(-1)).squeeze(-1)
+            new_BN, logp_BN = sample(self.model, input_ids.to(self.device), attention_mask.to(self.device),
+                                     cfg.max_new_tokens, sorted(self.eos_ids), self.pad_id, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, greedy=greedy, generator=generator)
             for row, (index, _) in enumerate(chunk):
                 ids, logps = [], []
-                for token, logp in zip(new_BN[row].tolist(), chosen_BN[row].tolist()):
+                for token, logp in zip(new_BN[row].tolist(), logp_BN[row].tolist()):
                     ids.append(token)
                     logps.append(logp)
                     if token in self.eos_ids:
