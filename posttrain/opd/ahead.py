@@ -21,6 +21,8 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
+from posttrain.config import OPDConfig
+
 
 class Ahead:
     def __init__(self, rollout, generate_and_score: Callable):
@@ -54,3 +56,22 @@ class Ahead:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def oversubscription(cfg: OPDConfig, cores: int) -> str | None:
+    """A warning when working ahead on a CPU-only machine would run more torch threads than `cores`:
+    the trainer's and the rollout's (or teacher's) threads run at once here, and oversubscribed
+    threads wait on each other (on 2 cores, two threads each measured 0.6x the on-policy speed)."""
+    if not cfg.rollout.async_steps or cfg.trainer.gpus_per_worker:
+        return None
+
+    def threads(group) -> int:
+        return group.threads_per_worker or max(1, int(group.cpus_per_worker or 1))
+
+    trainer = threads(cfg.trainer) * cfg.trainer.num_workers
+    beside = max(threads(cfg.rollout) * cfg.rollout.num_workers, threads(cfg.teacher) * cfg.teacher.num_workers)
+    if trainer + beside <= cores:
+        return None
+    return (f"[opd] WARNING: rollout.async_steps runs the rollout and teacher beside the trainer: {trainer} + {beside} "
+            f"torch threads on {cores} cores; lower trainer/rollout/teacher.threads_per_worker so they fit "
+            f"(docs/performance.md)")

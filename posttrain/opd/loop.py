@@ -6,6 +6,7 @@ cascade switches, checkpoints, resume).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from posttrain import checkpoint, faults
 from posttrain.config import ConfigError, EvalConfig, OPDConfig, TeacherStage, to_dict
 from posttrain.data.packing import pack
 from posttrain.metrics import JsonlLog, RunLog
-from posttrain.opd.ahead import Ahead
+from posttrain.opd.ahead import Ahead, oversubscription
 from posttrain.opd.checks import check_budgets, check_cascade, check_student
 from posttrain.sft import (load_tokenizer, nonfinite_error, note_skipped, prepare_output_dir, resume_hint,
                            too_many_nonfinite, write_placement)
@@ -216,6 +217,8 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     rollout = SleepingRollout(rollout) if shared else rollout
     # rollout.async_steps: 1 — the next step is sampled and scored while this one trains.
     ahead = Ahead(rollout, generate_and_score) if cfg.rollout.async_steps else None
+    if ahead and (warning := oversubscription(cfg, os.cpu_count() or 1)):
+        print(warning, flush=True)
     teacher, loaded_index = None, None
     try:
         if found is not None:

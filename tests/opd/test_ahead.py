@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from posttrain.opd.ahead import Ahead
+from posttrain.config import OPDConfig, load_config
+from posttrain.opd.ahead import Ahead, oversubscription
 from posttrain.opd.loop import run_opd
-from tests.opd.conftest import FAULT_RUN, config, prompt_ids, records, same_weights
+from tests.opd.conftest import FAULT_RUN, TINY, config, prompt_ids, records, same_weights
 
 
 class RecordingRollout:
@@ -72,3 +73,12 @@ def test_async_run_stopped_at_a_checkpoint_resumes_exactly(tiny_models, async_ru
     assert same_weights(async_run, out)
     assert [r["reverse_kl"] for r in records(async_run)] == [r["reverse_kl"] for r in records(out)]
     assert prompt_ids(out) == prompt_ids(async_run)
+
+
+def test_working_ahead_with_more_threads_than_cores_is_warned_about():
+    on_two_cores = lambda *overrides: oversubscription(load_config(OPDConfig, TINY, list(overrides)), cores=2)  # noqa: E731
+    assert on_two_cores() is None  # on-policy: the groups take turns, 2 threads each is right
+    warning = on_two_cores("rollout.async_steps=1")  # the tiny config's 2 threads each, side by side
+    assert "2 + 2 torch threads on 2 cores" in warning and "threads_per_worker" in warning
+    assert on_two_cores("rollout.async_steps=1", "rollout.threads_per_worker=1", "trainer.threads_per_worker=1",
+                        "teacher.threads_per_worker=1") is None
