@@ -13,6 +13,8 @@ GPU samplers use needs one per vocabulary entry and measured as slow as `multino
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -40,10 +42,12 @@ def sample(model, input_ids_BP: torch.Tensor, attention_mask_BP: torch.Tensor, m
                                              TopPLogitsWarper(top_p) if top_p < 1.0 else None) if w is not None]
     B = input_ids_BP.shape[0]
     eos = torch.tensor(sorted(eos_ids), device=input_ids_BP.device)
-    cache = DynamicCache(config=model.config)
+    # transformers renamed `past_key_values` to `cache` during 5.x; pass it under the name this version takes.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = {cache_kw: DynamicCache(config=model.config)}
     mask_BT = attention_mask_BP
     position_B1 = (mask_BT.cumsum(-1) - 1).clamp_min(0)  # left padding: every prompt's first real token is 0
-    logits_BV = model(input_ids=input_ids_BP, attention_mask=mask_BT, position_ids=position_B1, past_key_values=cache,
+    logits_BV = model(input_ids=input_ids_BP, attention_mask=mask_BT, position_ids=position_B1, **cache,
                       use_cache=True, logits_to_keep=1).logits[:, -1]
     position_B1 = position_B1[:, -1:]
     done_B = torch.zeros(B, dtype=torch.bool, device=input_ids_BP.device)
@@ -62,6 +66,6 @@ def sample(model, input_ids_BP: torch.Tensor, attention_mask_BP: torch.Tensor, m
             break
         mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1)
         position_B1 = position_B1 + 1
-        logits_BV = model(input_ids=token_B[:, None], attention_mask=mask_BT, position_ids=position_B1,
-                          past_key_values=cache, use_cache=True).logits[:, -1]
+        logits_BV = model(input_ids=token_B[:, None], attention_mask=mask_BT, position_ids=position_B1, **cache,
+                          use_cache=True).logits[:, -1]
     return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
