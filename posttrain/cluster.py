@@ -122,6 +122,11 @@ def placement_nodes(placement) -> list[str]:
     return [table.get(i, "") for i in range(placement.bundle_count)]
 
 
+def torch_threads(threads_per_worker: int, cpus: float) -> int:
+    """A worker's torch threads: `threads_per_worker` where set, else its logical CPU share (at least 1)."""
+    return threads_per_worker or max(1, int(cpus))
+
+
 def default_cpus_per_worker(num_workers: int) -> float:
     import ray
 
@@ -148,6 +153,13 @@ def spawn(worker_cls, placement, num_cpus: float, num_gpus: float, args_for_rank
                       **extra).remote(*args_for_rank(i))
         for i in range(placement.bundle_count if count is None else count)
     ]
+
+
+def call_all(workers: list, method: str, *args) -> list:
+    """`method(*args)` on every worker of a group at once; their results in worker order."""
+    import ray
+
+    return ray.get([getattr(w, method).remote(*args) for w in workers])
 
 
 def get_all(refs: list) -> list:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
+from posttrain.cluster import torch_threads
 from posttrain.config import OPDConfig
 
 
@@ -65,8 +66,8 @@ def oversubscription(cfg: OPDConfig, cores: int) -> str | None:
     if not cfg.rollout.async_steps or cfg.trainer.gpus_per_worker:
         return None
 
-    def threads(group) -> int:
-        return group.threads_per_worker or max(1, int(group.cpus_per_worker or 1))
+    def threads(group) -> int:  # the trainer's cpus_per_worker may be unset (Ray's share, decided at start)
+        return torch_threads(group.threads_per_worker, group.cpus_per_worker or 1)
 
     trainer = threads(cfg.trainer) * cfg.trainer.num_workers
     beside = max(threads(cfg.rollout) * cfg.rollout.num_workers, threads(cfg.teacher) * cfg.teacher.num_workers)

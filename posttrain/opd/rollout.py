@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.cluster import Restarts, release, reserve, spawn
+from posttrain.cluster import Restarts, call_all, release, reserve, spawn, torch_threads
 from posttrain.config import RolloutConfig
 from posttrain.opd.batching import length_sorted_batches, shard
 from posttrain.opd.sampling import sample
@@ -107,23 +107,31 @@ class HFRolloutWorker(Sleepable):
         return samples
 
 
+def start_engines(name: str, worker_cls, model_path: str, cfg, trust_remote_code: bool, share) -> tuple[list, object]:
+    """The rollout's or a teacher's actors (`cfg`: its RolloutConfig / TeacherConfig) and their
+    placement group; with `share` (posttrain.opd.colocate) they go into the trainer's bundles, the
+    placement is None (not theirs to release) and the engines are built able to sleep."""
+    if share is None:
+        cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
+        placement = reserve(name, cfg.num_workers, cpus, gpus, cfg.placement)
+    else:
+        cpus, gpus, placement = share.cpus, share.gpus, None
+    workers = spawn(worker_cls, share.placement if share else placement, cpus, gpus,
+                    lambda i: (model_path, cfg, torch_threads(cfg.threads_per_worker, cpus), trust_remote_code,
+                               share is not None),
+                    count=cfg.num_workers, max_restarts=cfg.max_restarts)
+    return workers, placement
+
+
 class RolloutGroup:
     def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False, share=None):
         """`share`: bundles shared with the trainer (`posttrain.opd.colocate`); the engines can sleep."""
         self.cfg = cfg
-        if share is None:
-            cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
-            self.placement = reserve("rollout", cfg.num_workers, cpus, gpus, cfg.placement)
-        else:
-            cpus, gpus, self.placement = share.cpus, share.gpus, None
         if cfg.backend == "vllm":
             from posttrain.opd.vllm_backend import VLLMRolloutWorker as worker_cls
         else:
             worker_cls = HFRolloutWorker
-        self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
-                             lambda i: (model_path, cfg, cfg.threads_per_worker or max(1, int(cpus)), trust_remote_code,
-                                       share is not None),
-                             count=cfg.num_workers, max_restarts=cfg.max_restarts)
+        self.workers, self.placement = start_engines("rollout", worker_cls, model_path, cfg, trust_remote_code, share)
         # Where a restarted worker gets the current student weights (its constructor loads the
         # initial ones): set by the OPD loop to the trainer's weight buckets; None = the initial ones.
         self.weights_source = None
@@ -144,19 +152,13 @@ class RolloutGroup:
         return sorted(samples, key=lambda s: s.prompt_index)  # stable: samples of a prompt keep their order
 
     def update_weights(self, bucket_refs: list) -> None:
-        import ray
-
-        ray.get([w.update_weights.remote(bucket_refs) for w in self.workers])
+        call_all(self.workers, "update_weights", bucket_refs)
 
     def sleep(self) -> None:
-        import ray
-
-        ray.get([w.sleep.remote() for w in self.workers])
+        call_all(self.workers, "sleep")
 
     def wake_up(self) -> None:
-        import ray
-
-        ray.get([w.wake_up.remote() for w in self.workers])
+        call_all(self.workers, "wake_up")
 
     def shutdown(self) -> None:
         release(self.workers, self.placement)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.cluster import Restarts, release, reserve, spawn
+from posttrain.cluster import Restarts, call_all, release
 from posttrain.config import TeacherConfig
 from posttrain.data.packing import IGNORE, pack
 from posttrain.models.packed_attention import packable, register
 from posttrain.opd.batching import length_sorted_batches, shard
-from posttrain.opd.rollout import Sleepable
+from posttrain.opd.rollout import Sleepable, start_engines
 
 
 class HFTeacherWorker(Sleepable):
@@ -100,19 +100,11 @@ class TeacherGroup:
         self.model_path = model_path
         # Whether the hf workers score packed rows (no padding; posttrain.models.packed_attention).
         self.packed = cfg.backend == "hf" and packable(model_path, trust_remote_code)
-        if share is None:
-            cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
-            self.placement = reserve("teacher", cfg.num_workers, cpus, gpus, cfg.placement)
-        else:
-            cpus, gpus, self.placement = share.cpus, share.gpus, None
         if cfg.backend == "vllm":
             from posttrain.opd.vllm_backend import VLLMTeacherWorker as worker_cls
         else:
             worker_cls = HFTeacherWorker
-        self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
-                             lambda i: (model_path, cfg, cfg.threads_per_worker or max(1, int(cpus)), trust_remote_code,
-                                       share is not None),
-                             count=cfg.num_workers, max_restarts=cfg.max_restarts)
+        self.workers, self.placement = start_engines("teacher", worker_cls, model_path, cfg, trust_remote_code, share)
         # A restarted teacher reloads its (fixed) weights in its constructor: nothing to restore.
         self.restarts = Restarts("teacher", cfg.max_restarts, "teacher.max_restarts")
 
@@ -126,14 +118,10 @@ class TeacherGroup:
         return results
 
     def sleep(self) -> None:
-        import ray
-
-        ray.get([w.sleep.remote() for w in self.workers])
+        call_all(self.workers, "sleep")
 
     def wake_up(self) -> None:
-        import ray
-
-        ray.get([w.wake_up.remote() for w in self.workers])
+        call_all(self.workers, "wake_up")
 
     def shutdown(self) -> None:
         release(self.workers, self.placement)

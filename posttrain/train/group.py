@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from posttrain import faults
-from posttrain.cluster import WorkerFailure, default_cpus_per_worker, get_all, release, reserve, spawn
+from posttrain.cluster import WorkerFailure, default_cpus_per_worker, get_all, release, reserve, spawn, torch_threads
 from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch, distribute
 from posttrain.train.worker import TrainerWorker
@@ -27,7 +27,7 @@ class TrainerGroup:
         else:
             cpus, gpus, self.placement = share.cpus, share.gpus, None
         self.workers = spawn(TrainerWorker, share.placement if share else self.placement, cpus, gpus,
-                             lambda rank: (rank, self.num_workers, trainer.threads_per_worker or max(1, int(cpus))),
+                             lambda rank: (rank, self.num_workers, torch_threads(trainer.threads_per_worker, cpus)),
                              count=self.num_workers)
         try:
             master = ray.get(self.workers[0].address.remote())
