@@ -1,10 +1,11 @@
-"""Length-sorted batches for the padded paths (hf generation, hf teacher scoring), and their padding.
+"""Length-sorted batches for the padded paths (hf generation, hf teacher scoring of teachers that
+cannot be packed), and their padding.
 
-Training is padding-free (`posttrain.data.packing`); generation and teacher scoring run rectangular
-batches: generation left-pads prompts and keeps decoding finished rows until the batch's longest
-response ends, and the teacher right-pads (`qwen3_next`'s linear-attention kernels ignore packed
-position ids, so padding is the one layout every architecture scores correctly). Sorting by length
-before cutting batches puts similar lengths together, which is most of what padding costs.
+Training and attention-only teachers are padding-free (`posttrain.data.packing`,
+`posttrain.models.packed_attention`); generation left-pads prompts and keeps decoding finished rows
+until the batch's longest response ends, and a teacher like `qwen3_next` (whose linear-attention
+layers carry state along a packed row) right-pads. Sorting by length before cutting batches puts
+similar lengths together, which is most of what padding costs.
 """
 
 from __future__ import annotations
