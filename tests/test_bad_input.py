@@ -10,25 +10,14 @@ import json
 import pytest
 
 from posttrain.config import ConfigError, ModelConfig, OPDConfig, SFTConfig, load_config
-from posttrain.data.mixture import DataError, load_mixture_spec, read_source_rows
-
-GOOD = {"id": "g-0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+from posttrain.data.mixture import DataError
+from tests.data.mixture_files import GOOD, write_mixture, rows as read_all
 
 
 def mixture(tmp_path, line, fmt="messages", weight="1", extra="") -> str:
     """A one-source mixture whose file holds a good row and then `line` (line 2)."""
-    data = tmp_path / "d.jsonl"
     first = GOOD if fmt == "messages" else {"prompt": "hi", "completion": "hello"}
-    line = line if isinstance(line, bytes) else (json.dumps(line) if isinstance(line, dict) else line).encode()
-    data.write_bytes(json.dumps(first).encode() + b"\n" + line + b"\n")
-    spec = tmp_path / "mix.yaml"
-    spec.write_text(f"name: t\nsources:\n  - name: a\n    path: d.jsonl\n    format: {fmt}\n    weight: {weight}\n{extra}")
-    return str(spec)
-
-
-def read_all(spec_path):
-    spec = load_mixture_spec(spec_path)
-    return [row for source in spec.sources for row in read_source_rows(source)]
+    return write_mixture(tmp_path, [first, line], weight=weight, extra_source=extra, fmt=fmt)
 
 
 DATA_CASES = {
