@@ -91,7 +91,7 @@ def write_seqkd_mixture(teacher: Path, train_examples: list, data_dir: Path, max
 
     from posttrain.config import RolloutConfig
     from posttrain.data.chat import prompt_ids
-    from posttrain.opd.rollout import HFRolloutWorker
+    from posttrain.engines.hf_rollout import HFRolloutWorker
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     worker = HFRolloutWorker(str(teacher), RolloutConfig(samples_per_prompt=1, max_new_tokens=max_new_tokens, batch_size=128),
@@ -135,7 +135,7 @@ def records(run_dir: Path) -> list[dict]:
 
 def sft(model: Path, mixture: Path, out: Path, steps: int, lr: float, batch: int = 32, warmup: int = 5) -> dict:
     from posttrain.config import SFTConfig, load_config
-    from posttrain.sft import run_sft
+    from posttrain.stages.sft import run_sft
 
     started = time.perf_counter()
     cfg = load_config(SFTConfig, ROOT / "configs/tiny/sft.yaml", [
@@ -151,7 +151,7 @@ def sft(model: Path, mixture: Path, out: Path, steps: int, lr: float, batch: int
 
 def opd(student: Path, teachers: list[tuple[Path, int]], mixture: Path, out: Path, args, mode: str) -> dict:
     from posttrain.config import OPDConfig, TeacherStage, load_config
-    from posttrain.opd.loop import run_opd
+    from posttrain.stages.opd.loop import run_opd
 
     started = time.perf_counter()
     cfg = load_config(OPDConfig, ROOT / "configs/tiny/opd.yaml", [
@@ -177,10 +177,10 @@ def main() -> int:
     args = parse_args()
     import ray
 
-    from posttrain.cluster import init_ray
+    from posttrain.infra.cluster import init_ray
     from posttrain.config import RayConfig
     from posttrain.eval.run import evaluate
-    from posttrain.metrics import quiet_library_progress
+    from posttrain.infra.runlog import quiet_library_progress
     from posttrain.models.tiny import build_tiny_suite
 
     quiet_library_progress()

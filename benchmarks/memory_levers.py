@@ -6,7 +6,7 @@ Ray actor, a real DeepSpeed engine) that runs a few SFT steps on the same packed
 worker reports its process's peak resident set (`getrusage(RUSAGE_SELF).ru_maxrss`) and, on a GPU,
 `torch.cuda.max_memory_allocated`. A row "worker floor" is an actor that imported torch,
 transformers and DeepSpeed and did nothing else. Next to each measurement: the planning formula's
-device-memory estimate (`posttrain.levers.training_memory`, fp32, this batch).
+device-memory estimate (`posttrain.planning.levers.training_memory`, fp32, this batch).
 
     python benchmarks/memory_levers.py            # ~3 min on 2 CPU cores
     python benchmarks/memory_levers.py --no-docs  # print only
@@ -95,6 +95,7 @@ def floor() -> dict:
 
 def measure(path: Path, trainer_opts: dict, ds_opts: dict, lora_opts: dict, data, steps: int) -> dict:
     from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
+    from posttrain.losses import LOSSES
     from posttrain.train.group import TrainerGroup
 
     trainer = TrainerConfig(cpus_per_worker=1, router_aux_loss_coef=0.001, **trainer_opts)
@@ -102,21 +103,21 @@ def measure(path: Path, trainer_opts: dict, ds_opts: dict, lora_opts: dict, data
                          DeepSpeedConfig(**ds_opts), steps, pad_id=0, lora=LoRAConfig(**lora_opts))
     try:
         started = time.perf_counter()
-        losses = [group.train_step(data, "sft") for _ in range(steps)]
+        losses = [group.train_step(data, LOSSES["nll"]) for _ in range(steps)]
         step_s = (time.perf_counter() - started) / steps
         peak = group.memory()[0]
-        first = losses[0]["totals"]["nll_sum"] / losses[0]["global_targets"]
+        first = losses[0].loss
         return {**peak, "step_s": step_s, "first_loss": first, "trainable": group.trainable_params,
                 "params": group.num_params}
     finally:
-        group.shutdown()
+        group.close()
 
 
 def estimate(path: Path, trainer_opts: dict, ds_opts: dict, lora_opts: dict, tokens: int) -> float:
     from transformers import AutoConfig
 
     from posttrain.config import LoRAConfig
-    from posttrain.levers import training_memory
+    from posttrain.planning.levers import training_memory
 
     return training_memory(AutoConfig.from_pretrained(path), num_devices=1, zero_stage=ds_opts.get("zero_stage", 2),
                            bf16=False, tokens_per_micro_batch=tokens, lora=LoRAConfig(**lora_opts),
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoConfig
 
-    from posttrain.cluster import init_ray
+    from posttrain.infra.cluster import init_ray
     from posttrain.config import RayConfig
 
     path = build_model(Path(args.work))
@@ -192,7 +193,7 @@ def render(rows, base, config, args, gpu) -> str:
         f"top-{config.num_experts_per_tok}; {params / 1e6:.1f} M parameters) for {args.steps} SFT steps of "
         f"{args.micro_batches} packed micro-batches x {args.tokens} tokens. Peak RSS is the worker process's "
         f"`ru_maxrss`; the floor is an idle worker that only imported torch, transformers and DeepSpeed "
-        f"({base['peak_rss_bytes'] / mib:.0f} MiB). \"Formula\" is `posttrain.levers.training_memory` for this "
+        f"({base['peak_rss_bytes'] / mib:.0f} MiB). \"Formula\" is `posttrain.planning.levers.training_memory` for this "
         "model and batch (device bytes: weights, gradients, optimizer state, activations, logits).",
         "",
         "| lever | trainable params | peak RSS (MiB) | over the floor (MiB) | vs baseline | "

@@ -51,8 +51,8 @@ def opd_overrides(student: Path, teacher: Path, steps: int, prompts: int, max_ne
 
 def prompt_messages(cfg, count: int) -> list[list[dict]]:
     """The first `count` prompts posttrain's OPD draws, as chat messages (what TRL templates itself)."""
-    from posttrain.opd.data import OPDPrompts
-    from posttrain.sft import load_tokenizer
+    from posttrain.data.prompts import OPDPrompts
+    from posttrain.stages.sft import load_tokenizer
 
     prompts = OPDPrompts(cfg.data, load_tokenizer(cfg.model), seed=cfg.trainer.seed)
     rows = prompts.dataset.select(prompts.cursor.indices(0, count))
@@ -60,7 +60,7 @@ def prompt_messages(cfg, count: int) -> list[list[dict]]:
 
 
 def run_posttrain(cfg) -> dict:
-    from posttrain.opd.loop import run_opd
+    from posttrain.stages.opd.loop import run_opd
 
     run_opd(cfg, overwrite=True)
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +128,7 @@ def main() -> None:
 
     import ray
 
-    from posttrain.cluster import init_ray
+    from posttrain.infra.cluster import init_ray
     from posttrain.config import OPDConfig, RayConfig, load_config
 
     started = time.perf_counter()

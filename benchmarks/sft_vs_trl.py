@@ -48,7 +48,7 @@ def sft_examples(model_path: Path, count: int, seed: int = 0) -> list[tuple[list
 
 def run_posttrain(model_path: Path, steps: int, batch: int, out: Path, workers: int, zero_stage: int) -> dict:
     from posttrain.config import SFTConfig, load_config
-    from posttrain.sft import run_sft
+    from posttrain.stages.sft import run_sft
 
     cfg = load_config(SFTConfig, ROOT / "configs/tiny/sft.yaml", [
         f"model.path={model_path}", "model.build_tiny_if_missing=false", f"output_dir={out}",
@@ -128,7 +128,7 @@ def main() -> None:
 
     import ray
 
-    from posttrain.cluster import init_ray
+    from posttrain.infra.cluster import init_ray
     from posttrain.config import RayConfig
 
     started = time.perf_counter()

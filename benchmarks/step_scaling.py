@@ -36,12 +36,13 @@ def synthetic(length: int, count: int, vocab: int, seed: int) -> list[tuple[list
 
 def time_steps(worker, length: int, count: int, vocab: int, repeats: int) -> float:
     from posttrain.data.packing import pack
+    from posttrain.losses import LOSSES
 
     times = []
     for r in range(repeats + 1):  # the first is a warm-up
         batches = pack(synthetic(length, count, vocab, seed=r), max(4096, length * count))
         started = time.perf_counter()
-        worker.train_step(batches, "sft", sum(b.num_loss_tokens for b in batches))
+        worker.train_step(batches, LOSSES["nll"], sum(b.num_loss_tokens for b in batches))
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:])
 

@@ -27,6 +27,26 @@ class ConfigError(ValueError):
 REQUIRED: Any = dataclasses.MISSING  # a field with no default must be set by the YAML or an override
 
 
+# The value checks are declared with the fields they check (`_check_values` walks the tree), so a
+# check cannot name a field that does not exist.
+def one_of(default, *allowed):
+    """A field whose value must be one of `allowed`."""
+    return field(default=default, metadata={"choices": allowed})
+
+
+def positive(default=REQUIRED):
+    """A number that must be > 0 (and finite)."""
+    return field(default=default, metadata={"positive": True})
+
+
+def non_negative(default):
+    """A number that must be >= 0."""
+    return field(default=default, metadata={"non_negative": True})
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
+
+
 # --------------------------------------------------------------------------------------------------
 # The sections shared by every stage
 # --------------------------------------------------------------------------------------------------
@@ -42,7 +62,7 @@ class ModelConfig:
     # into `path`'s parent directory first (the CPU default needs no hub).
     build_tiny_if_missing: bool = False
     tiny_seed: int = 0
-    dtype: str = "float32"  # float32 | bfloat16 — the dtype of the trained weights
+    dtype: str = one_of("float32", "float32", "bfloat16")  # the dtype of the trained weights
     # The trainer's attention over packed rows: "sdpa_packed" attends within each example at the cost of
     # the examples (posttrain.models.packed_attention; any device); "flash_attention_2" where flash-attn
     # is installed (GPU, bf16); "sdpa" builds a dense block mask per row (quadratic in the row).
@@ -65,32 +85,32 @@ class LoRAConfig:
     """
 
     enabled: bool = False
-    rank: int = 8
-    alpha: float = 16.0  # the update is scaled by alpha / rank
+    rank: int = positive(8)
+    alpha: float = positive(16.0)  # the update is scaled by alpha / rank
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     target_parameters: list[str] = field(default_factory=list)
     # The HF export in final/: "merged" (base + B·A under the base's names: plain
     # AutoModelForCausalLM and vLLM load it) or "adapter" (peft's adapter_model.safetensors only).
-    export: str = "merged"
+    export: str = one_of("merged", "merged", "adapter")
 
 
 @dataclass
 class DataConfig:
     mixture: str = REQUIRED  # data_mixtures/*.yaml
-    max_seq_len: int = 512  # tokens per example (prompt + response)
-    overlong_policy: str = "truncate"  # truncate | drop — always counted and reported
-    pack_tokens: int = 4096  # token budget of one packed micro-batch (no padding inside)
+    max_seq_len: int = positive(512)  # tokens per example (prompt + response)
+    overlong_policy: str = one_of("truncate", "truncate", "drop")  # always counted and reported
+    pack_tokens: int = positive(4096)  # token budget of one packed micro-batch (no padding inside)
     shuffle: bool = True
     num_proc: int = 1  # processes for tokenisation with datasets.map
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = positive(1e-3)
     min_lr: float = 1e-4  # cosine decays to this; ignored by "constant"
-    schedule: str = "cosine"  # cosine | constant
-    warmup_steps: int = 0
+    schedule: str = one_of("cosine", "cosine", "constant")
+    warmup_steps: int = non_negative(0)
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.95
@@ -103,53 +123,53 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    num_workers: int = 1  # one Ray actor per device (per CPU process on a CPU machine)
+    num_workers: int = positive(1)  # one Ray actor per device (per CPU process on a CPU machine)
     cpus_per_worker: float = 0  # 0: share the machine's CPUs evenly between the workers
     # torch threads of each worker; 0: its CPU share rounded down (at least 1). Ray's CPU counts are
     # logical: on a CPU machine where the OPD groups take turns, each may use every core.
-    threads_per_worker: int = 0
+    threads_per_worker: int = non_negative(0)
     gpus_per_worker: int = 0  # 1 on a GPU cluster
     # How Ray places the group's bundles (one per worker) on nodes: PACK (fewest nodes, best effort),
     # SPREAD (as many nodes as possible, best effort), STRICT_PACK (one node), STRICT_SPREAD (one node each).
-    placement: str = "PACK"
-    global_batch_size: int = 16  # sequences per optimizer step, over all workers
+    placement: str = one_of("PACK", *PLACEMENT_STRATEGIES)
+    global_batch_size: int = positive(16)  # sequences per optimizer step, over all workers
     epochs: float = 1.0
-    max_steps: int = 0  # > 0 overrides epochs
+    max_steps: int = non_negative(0)  # > 0 overrides epochs
     seed: int = 0
     router_aux_loss_coef: float = 0.001  # load-balancing loss weight; 0 turns it off
     freeze_router: bool = False
     # Stop (after checkpointing) once this step is done, as a preempted job would; 0: run to the end.
-    stop_after_step: int = 0
+    stop_after_step: int = non_negative(0)
     # Recompute each decoder layer's activations in the backward pass instead of keeping them
     # (transformers' gradient checkpointing, non-reentrant): activation memory ~ one layer's, ~+30% compute.
     activation_checkpointing: bool = False
     # A step whose loss or gradient is not finite is skipped (no update) and counted; this many in a
     # row stop the run with a checkpoint to resume from. 0: never stop for it.
-    max_nonfinite_in_a_row: int = 3
+    max_nonfinite_in_a_row: int = non_negative(3)
 
 
 @dataclass
 class DeepSpeedConfig:
     # 2 or 3; or 0: nothing partitioned (plain data parallel) — the cheapest engine for one worker,
     # where ZeRO's flat-buffer copies partition nothing (benchmarks/sft_vs_trl.py measures the gap).
-    zero_stage: int = 2
+    zero_stage: int = one_of(2, 0, 2, 3)
     bf16: bool = False
     # ZeRO-Offload: keep the optimizer state (fp32 master weights, Adam moments) and run its step
     # on the host — 12 bytes per trainable parameter move off the device.
-    offload_optimizer: str = "none"  # none | cpu
+    offload_optimizer: str = one_of("none", "none", "cpu")
     # The optimizer that steps the offloaded state: auto | deepspeed (DeepSpeedCPUAdam) | torch (AdamW);
     # auto = deepspeed on a GPU machine, torch on a CPU-only one (see deepspeed_setup.host_optimizer).
-    host_optimizer: str = "auto"
+    host_optimizer: str = one_of("auto", "auto", "deepspeed", "torch")
     # ZeRO-3 only: parameters live on the host and are fetched layer by layer for each pass.
-    offload_params: str = "none"  # none | cpu
+    offload_params: str = one_of("none", "none", "cpu")
     # Merged last into the generated DeepSpeed config, for anything not exposed above.
     extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 50  # steps between checkpoints; the last step is always saved
-    keep: int = 2  # complete checkpoints retained
+    every: int = positive(50)  # steps between checkpoints; the last step is always saved
+    keep: int = positive(2)  # complete checkpoints retained
     # Resume checks every file's size against the manifest, and with this its sha256 too (reads the
     # checkpoint once: seconds here, minutes for a 17B model's optimizer states).
     verify_checksums: bool = True
@@ -201,69 +221,72 @@ class SFTConfig:
 @dataclass
 class TeacherStage:
     path: str = REQUIRED  # local directory or hub id of the teacher
-    steps: int = REQUIRED  # optimizer steps distilled from this teacher before the next one
+    steps: int = positive()  # optimizer steps distilled from this teacher before the next one
 
 
 @dataclass
 class OPDDataConfig:
     mixture: str = REQUIRED  # prompt mixture (data_mixtures/opd_*.yaml)
-    max_prompt_len: int = 256  # longer prompts are truncated from the left or dropped (overlong_policy)
-    overlong_policy: str = "drop"  # truncate | drop — always counted and reported
-    pack_tokens: int = 4096  # token budget of one packed training micro-batch
+    max_prompt_len: int = positive(256)  # longer prompts are truncated from the left or dropped (overlong_policy)
+    overlong_policy: str = one_of("drop", "truncate", "drop")  # always counted and reported
+    pack_tokens: int = positive(4096)  # token budget of one packed training micro-batch
     shuffle: bool = True
 
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"  # hf (transformers generate, CPU or GPU) | vllm (GPU)
-    num_workers: int = 1
+    # An engine backend by name (posttrain.engines.backends.BACKENDS: hf — transformers, CPU or GPU — and vllm).
+    backend: str = "hf"
+    num_workers: int = positive(1)
     # Ray's CPU counts are logical: on a small CPU machine, fractions let the three groups share cores.
     cpus_per_worker: float = 1
-    threads_per_worker: int = 0  # as trainer.threads_per_worker
+    threads_per_worker: int = non_negative(0)  # as trainer.threads_per_worker
     gpus_per_worker: int = 0
-    placement: str = "PACK"  # as trainer.placement
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 2
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    placement: str = one_of("PACK", *PLACEMENT_STRATEGIES)  # as trainer.placement
+    prompts_per_step: int = positive(8)
+    samples_per_prompt: int = positive(2)
+    max_new_tokens: int = positive(64)
+    temperature: float = positive(1.0)
     top_p: float = 1.0
     batch_size: int = 16  # sequences generated together by one hf worker
     sync_bucket_mb: int = 512  # weight sync moves buckets of this size, not tensor by tensor
     gpu_memory_utilization: float = 0.5  # vllm
     # Share the trainer's devices: rollout and teacher workers live in the trainer's placement-group
     # bundles and sleep (vLLM sleep mode; hf: weights to host memory) while the others work
-    # (posttrain.opd.colocate). Their gpus_per_worker are then ignored; with vLLM, each engine's
+    # (posttrain.stages.opd.colocate). Their gpus_per_worker are then ignored; with vLLM, each engine's
     # gpu_memory_utilization must fit beside the trainer's resident weights and optimizer state.
     colocate: bool = False
     # 0: on-policy, every step samples from the weights the previous step produced. 1: one step
     # off-policy (slime's --async, verl's one-step-off-policy): step t+1's samples and teacher scores
     # are made while step t trains, from weights one step older; the clipped importance ratio of the
-    # loss corrects for the lag (posttrain.opd.ahead). Checkpoint, eval and teacher-switch steps
+    # loss corrects for the lag (posttrain.stages.opd.ahead). Checkpoint, eval and teacher-switch steps
     # drain the pipeline, so a resumed run still matches an uninterrupted one exactly.
-    async_steps: int = 0
+    async_steps: int = one_of(0, 0, 1)
     # A worker that dies is restarted (by Ray), given the current weights, and its work redone; after
     # this many deaths in a run, the run stops with a checkpoint to resume from.
-    max_restarts: int = 3
+    max_restarts: int = non_negative(3)
 
 
 @dataclass
 class TeacherConfig:
-    backend: str = "hf"  # hf | vllm
-    num_workers: int = 1
+    backend: str = "hf"  # as rollout.backend
+    num_workers: int = positive(1)
     cpus_per_worker: float = 1
-    threads_per_worker: int = 0  # as trainer.threads_per_worker
+    threads_per_worker: int = non_negative(0)  # as trainer.threads_per_worker
     gpus_per_worker: int = 0
-    placement: str = "PACK"  # as trainer.placement
+    placement: str = one_of("PACK", *PLACEMENT_STRATEGIES)  # as trainer.placement
     batch_size: int = 16  # sequences per padded batch (hf; teachers that cannot be packed, e.g. qwen3_next)
-    pack_tokens: int = 4096  # tokens per packed row (hf; attention-only teachers, e.g. qwen3_moe)
-    dtype: str = "float32"
+    pack_tokens: int = positive(4096)  # tokens per packed row (hf; attention-only teachers, e.g. qwen3_moe)
+    dtype: str = one_of("float32", "float32", "bfloat16")
     gpu_memory_utilization: float = 0.5  # vllm
-    max_restarts: int = 3  # as rollout.max_restarts, per teacher group
+    max_restarts: int = non_negative(3)  # as rollout.max_restarts, per teacher group
 
 
 @dataclass
 class LossConfig:
-    mode: str = "sampled"  # sampled: per-token reverse KL as advantage | topk: distribution over top-k
+    # A loss by name (posttrain.losses.LOSSES): sampled — the per-token reverse KL as an advantage;
+    # topk — the reverse KL over the teacher's top-k (+ a tail bucket).
+    mode: str = "sampled"
     kl_coef: float = 1.0
     clip_ratio: float = 0.2  # importance-ratio clip (PPO-style), against sampler/trainer mismatch
     topk: int = 20  # for mode=topk
@@ -295,34 +318,6 @@ class OPDConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output_dir: str = "runs/opd"
-
-
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
-CHOICES = {
-    "model.dtype": ("float32", "bfloat16"),
-    "data.overlong_policy": ("truncate", "drop"),
-    "optim.schedule": ("cosine", "constant"),
-    "deepspeed.zero_stage": (0, 2, 3),
-    "rollout.backend": ("hf", "vllm"),
-    "teacher.backend": ("hf", "vllm"),
-    "teacher.dtype": ("float32", "bfloat16"),
-    "loss.mode": ("sampled", "topk"),
-    "trainer.placement": PLACEMENT_STRATEGIES,
-    "rollout.placement": PLACEMENT_STRATEGIES,
-    "teacher.placement": PLACEMENT_STRATEGIES,
-    "lora.export": ("merged", "adapter"),
-    "deepspeed.offload_optimizer": ("none", "cpu"),
-    "deepspeed.offload_params": ("none", "cpu"),
-    "deepspeed.host_optimizer": ("auto", "deepspeed", "torch"),
-    "rollout.async_steps": (0, 1),
-}
-POSITIVE = ("data.max_seq_len", "data.pack_tokens", "trainer.num_workers", "trainer.global_batch_size",
-            "checkpoint.every", "checkpoint.keep", "optim.lr", "rollout.num_workers", "rollout.prompts_per_step",
-            "rollout.samples_per_prompt", "rollout.max_new_tokens", "rollout.temperature", "teacher.num_workers",
-            "data.max_prompt_len", "lora.rank", "lora.alpha", "teacher.pack_tokens")
-NON_NEGATIVE = ("trainer.max_nonfinite_in_a_row", "rollout.max_restarts", "teacher.max_restarts",
-                "trainer.threads_per_worker", "rollout.threads_per_worker", "teacher.threads_per_worker",
-                "trainer.stop_after_step", "trainer.max_steps", "optim.warmup_steps")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,34 +443,38 @@ def _convert(tp, value, key: str, where: str):
     raise ConfigError(f"{where}: '{key}' expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 
-def _get(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if not hasattr(node, part):
-            return dataclasses.MISSING
-        node = getattr(node, part)
-    return node
-
-
 def _check_values(cfg, where: str) -> None:
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if value is not dataclasses.MISSING and value not in allowed:
-            raise ConfigError(f"{where}: '{key}' must be one of {list(allowed)}, got {value!r}")
+    """The checks declared with the fields (`one_of`, `positive`, `non_negative`), over the whole tree."""
+    for key, value, meta in _walk(cfg, ""):
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{where}: '{key}' must be one of {list(meta['choices'])}, got {value!r}")
+        if meta.get("positive") and not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{where}: {key} must be > 0, got {value!r}".replace(key, _quoted(key), 1))
+        if meta.get("non_negative") and value < 0:
+            raise ConfigError(f"{where}: '{key}' must be >= 0, got {value!r}")
     if hasattr(cfg, "output_dir"):
         cfg.output_dir = check_output_dir(cfg.output_dir, where)
-    for key in POSITIVE:
-        value = _get(cfg, key)
-        if value is not dataclasses.MISSING and not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{where}: '{key}' must be > 0, got {value!r}")
-    for i, stage in enumerate(getattr(cfg, "teachers", [])):
-        if stage.steps <= 0:
-            raise ConfigError(f"{where}: 'teachers[{i}].steps' ({stage.path}) must be > 0, got {stage.steps}")
-    for key in NON_NEGATIVE:
-        value = _get(cfg, key)
-        if value is not dataclasses.MISSING and value < 0:
-            raise ConfigError(f"{where}: '{key}' must be >= 0, got {value!r}")
     _check_levers(cfg, where)
+
+
+def _walk(node, prefix: str, label: str = ""):
+    """(dotted key, value, field metadata) of every field under `node`, lists of sections included;
+    a list item with a `path` (a cascade stage) carries it in its key's label: `'teachers[1].steps' (u)`."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, key + ".")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                yield from _walk(item, f"{key}[{i}].", f" ({item.path})" if hasattr(item, "path") else "")
+        else:
+            yield key + label, value, f.metadata
+
+
+def _quoted(key: str) -> str:
+    """`'a.b'`, or `'teachers[1].steps' (u)` for a labelled key."""
+    name, _, label = key.partition(" ")
+    return f"'{name}'" + (f" {label}" if label else "")
 
 
 def _check_levers(cfg, where: str) -> None:

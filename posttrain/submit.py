@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from posttrain.config import ConfigError
+from posttrain.stages.args import split_overrides, stage_config, stage_parser
 
 # Never uploaded: run outputs, built models, environments and VCS data (gitignore patterns, anchored at
 # the working directory's root so that the `posttrain/models` package is kept). Ray also honours .gitignore.
@@ -62,21 +63,12 @@ def check_stage_args(stage: str, args: list[str]) -> str:
     On a cluster the output must outlive the job's temporary working directory and be reachable from
     every node, so a relative output_dir (the configs' default `runs/...`) is refused with the fix.
     """
-    from posttrain.cli import build_parser
-    from posttrain.config import OPDConfig, SFTConfig, load_config
-    from posttrain.paths import resolve_path
-
     if stage not in ("sft", "opd"):
         raise ConfigError(f"submit: the stage must be sft or opd, got {stage!r}")
-    parser = build_parser()
-    parsed, extra = parser.parse_known_args([stage, *args])
-    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    parsed, bad = split_overrides(stage_parser(stage), args)
     if bad:
         raise ConfigError(f"submit: unrecognized arguments for `posttrain {stage}`: {' '.join(bad)}")
-    overrides = list(parsed.overrides) + extra
-    if parsed.output_dir:
-        overrides.append(f"output_dir={parsed.output_dir}")
-    cfg = load_config(SFTConfig if stage == "sft" else OPDConfig, resolve_path(parsed.config), overrides)
+    cfg = stage_config(stage, parsed, pick_free_dir=False)
     if not Path(cfg.output_dir).is_absolute():
         raise ConfigError(
             f"submit: output_dir {cfg.output_dir!r} is relative; a job runs in a temporary copy of the working "

@@ -30,7 +30,7 @@ def tokenizer(tiny_models):
 def ray_local():
     import ray
 
-    from posttrain.cluster import init_ray
+    from posttrain.infra.cluster import init_ray
     from posttrain.config import RayConfig
 
     init_ray(RayConfig())
@@ -42,7 +42,7 @@ def ray_local():
 def sft_run(tiny_models, ray_local, tmp_path_factory):
     """The tiny SFT stage run once, as `posttrain demo` runs it; its `final/` is the OPD tests' student."""
     from posttrain.config import SFTConfig, load_config
-    from posttrain.sft import run_sft
+    from posttrain.stages.sft import run_sft
 
     out = tmp_path_factory.mktemp("runs") / "sft"
     run_sft(load_config(SFTConfig, "configs/tiny/sft.yaml", [

@@ -1,7 +1,7 @@
 """The bad-input catalogue in one table: each case is refused by the cheap check that runs before
 any model, Ray or data work, with a message that names the file and line or the config field and
 says what was expected. (Cases that need the tiny models or a run directory follow the table; the
-teacher-vocabulary case is tests/opd/test_opd.py, ENOSPC is tests/test_checkpoint.py.)"""
+teacher-vocabulary case is tests/stages/opd/test_opd.py, ENOSPC is tests/infra/test_checkpoint.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from posttrain.config import ConfigError, ModelConfig, OPDConfig, SFTConfig, load_config
 from posttrain.data.mixture import DataError
-from tests.data.mixture_files import GOOD, write_mixture, rows as read_all
+from tests.helpers import GOOD, write_mixture, rows as read_all
 
 
 def mixture(tmp_path, line, fmt="messages", weight="1", extra="") -> str:
@@ -68,15 +68,15 @@ def test_bad_config_is_refused_with_the_field(case):
 
 
 def test_a_cascade_step_count_on_the_command_line_must_be_positive():
-    from posttrain.cli import parse_teachers
+    from posttrain.stages.args import parse_teachers
 
     with pytest.raises(ConfigError, match=r"--teacher t:0: the step count must be > 0"):
         parse_teachers(["t:0"], [])
 
 
 def test_a_missing_model_path_is_refused(tmp_path):
-    from posttrain.opd.checks import check_student
-    from posttrain.sft import load_tokenizer
+    from posttrain.stages.opd.checks import check_student
+    from posttrain.stages.driver import load_tokenizer
 
     with pytest.raises(FileNotFoundError, match=rf"model\.path: {tmp_path}/none does not exist \(expected a local directory or a hub id"):
         load_tokenizer(ModelConfig(path=str(tmp_path / "none")))
@@ -86,7 +86,7 @@ def test_a_missing_model_path_is_refused(tmp_path):
 
 
 def test_an_output_dir_holding_another_run_is_refused_unless_resume_or_overwrite(tmp_path):
-    from posttrain.sft import RunDirError, prepare_output_dir
+    from posttrain.stages.driver import RunDirError, prepare_output_dir
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

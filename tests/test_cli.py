@@ -1,7 +1,7 @@
 """The command line's handling of output directories (no training: config resolution only)."""
 
-from posttrain.cli import _load_stage_config, build_parser
-from posttrain.config import SFTConfig
+from posttrain.cli import build_parser
+from posttrain.stages.args import stage_config
 
 
 def _args(*argv):
@@ -16,7 +16,7 @@ def test_the_config_default_directory_is_never_reused_silently(tmp_path, capsys)
     (default / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "sft-1").mkdir()
     (tmp_path / "sft-1" / "metrics.jsonl").write_text("{}\n")
-    cfg = _load_stage_config(SFTConfig, _args(f"output_dir={default}"))
+    cfg = stage_config("sft", _args(f"output_dir={default}"))
     assert cfg.output_dir == str(default)  # named explicitly: the stage refuses it (RunDirError), not renamed
 
     import yaml
@@ -26,8 +26,8 @@ def test_the_config_default_directory_is_never_reused_silently(tmp_path, capsys)
     raw["output_dir"] = str(default)
     config.write_text(yaml.safe_dump(raw))
     args, _ = build_parser().parse_known_args(["sft", "--config", str(config)])
-    cfg = _load_stage_config(SFTConfig, args)
+    cfg = stage_config("sft", args)
     assert cfg.output_dir == f"{default}-2"
     assert "holds an earlier run" in capsys.readouterr().out
     args, _ = build_parser().parse_known_args(["sft", "--config", str(config), "--resume"])
-    assert _load_stage_config(SFTConfig, args).output_dir == str(default)
+    assert stage_config("sft", args).output_dir == str(default)

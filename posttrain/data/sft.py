@@ -11,7 +11,7 @@ from posttrain.data.chat import fit_to_length, tokenize_conversation
 from posttrain.data.mixture import DataError, load_mixture, load_mixture_spec
 from posttrain.data.packing import PackedBatch, pack
 from posttrain.data.stream import EpochCursor
-from posttrain.paths import resolve_path
+from posttrain.infra.paths import resolve_path
 
 
 @dataclass

@@ -13,7 +13,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+from posttrain.config import RolloutConfig, TeacherConfig
 from posttrain.data.chat import prompt_ids
+from posttrain.engines.hf_rollout import HFRolloutWorker
+from posttrain.engines.hf_teacher import HFTeacherWorker
 from posttrain.eval.tasks import TaskExample, examples, is_correct
 
 # generate(prompt_ids, seed, greedy) -> samples with .response_ids / .sampler_logprobs / .truncated
@@ -49,7 +52,7 @@ def reverse_kl_to_teacher(generate: Generate, score: Callable, tokenizer, task_e
     scores = score([(ids[i], s.response_ids) for i, s in enumerate(samples)])
     total, tokens = 0.0, 0
     for sample, scored in zip(samples, scores, strict=True):
-        total += float(sum(sample.sampler_logprobs) - scored["logprobs"].sum())
+        total += float(sum(sample.sampler_logprobs) - scored.logprobs.sum())
         tokens += len(sample.response_ids)
     return {"reverse_kl": total / max(1, tokens), "samples": len(samples), "tokens": tokens}
 
@@ -59,10 +62,6 @@ def evaluate(model: str, tasks: list[str], limit: int = 64, teacher: str | None 
     """Evaluate a model directory (or hub id) in this process on the tasks' eval split."""
     import torch
     from transformers import AutoTokenizer
-
-    from posttrain.config import RolloutConfig, TeacherConfig
-    from posttrain.opd.rollout import HFRolloutWorker
-    from posttrain.opd.teacher import HFTeacherWorker
 
     threads = torch.get_num_threads()
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)

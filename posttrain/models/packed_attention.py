@@ -93,6 +93,7 @@ def no_mask(*args, **kwargs) -> None:
     return None
 
 
+@lru_cache(maxsize=32)
 def packable(model_path: str, trust_remote_code: bool = False) -> bool:
     """Whether the model at `model_path` can run packed rows under `sdpa_packed` (read from its config)."""
     from transformers import AutoConfig

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-from posttrain.paths import resolve_path
+from posttrain.data.chat import tokenize_conversation
+from posttrain.data.mixture import load_mixture_spec, read_source_rows
+from posttrain.data.packing import IGNORE
+from posttrain.infra.paths import resolve_path
 
 # Qwen3's added tokens, in their original order (ids 151643.. in the real vocabulary).
 QWEN3_SPECIAL_TOKENS = [
@@ -55,8 +58,6 @@ WARM_UP_LR = 3e-3
 
 
 def _sft_conversations() -> list[list[dict]]:
-    from posttrain.data.mixture import load_mixture_spec, read_source_rows
-
     spec = load_mixture_spec(resolve_path(TOKENIZER_CORPUS[0]))
     return [row["messages"] for source in spec.sources for row in read_source_rows(source)]
 
@@ -69,8 +70,6 @@ def warm_up(model, tokenizer, steps: int, seed: int) -> float:
     the reference (non-CUDA) kernels of `qwen3_next`'s linear attention ignore packed position ids.
     Returns the last step's loss.
     """
-    from posttrain.data.chat import tokenize_conversation
-
     examples = [tokenize_conversation(tokenizer, m) for m in _sft_conversations()]
     # CPU kernels reduce in a thread-count-dependent order; one thread makes the build bit-exact
     # from the seed (and costs little at this size).
@@ -84,8 +83,6 @@ def warm_up(model, tokenizer, steps: int, seed: int) -> float:
 
 
 def _warm_up_loop(model, tokenizer, examples, steps: int, seed: int) -> float:
-    from posttrain.data.packing import IGNORE
-
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=WARM_UP_LR, weight_decay=0.0)
     model.train()
@@ -113,8 +110,6 @@ def _warm_up_loop(model, tokenizer, examples, steps: int, seed: int) -> float:
 
 def _corpus_texts() -> list[str]:
     """Every string of the shipped tiny mixtures, in a fixed order."""
-    from posttrain.data.mixture import load_mixture_spec, read_source_rows
-
     texts = []
     for mixture in TOKENIZER_CORPUS:
         for source in load_mixture_spec(resolve_path(mixture)).sources:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-
-from posttrain import faults
-from posttrain.cluster import WorkerFailure, default_cpus_per_worker, get_all, release, reserve, spawn, torch_threads
-from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
+from posttrain.config import DeepSpeedConfig, LoRAConfig, LossConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch, distribute
+from posttrain.infra import faults
+from posttrain.infra.closing import Closing
+from posttrain.infra.cluster import (Share, WorkerFailure, default_cpus_per_worker, get_all, release, reserve, spawn,
+                                     torch_threads)
+from posttrain.losses import Loss
+from posttrain.train.results import TrainStep
 from posttrain.train.worker import TrainerWorker
 
 
-class TrainerGroup:
+class TrainerGroup(Closing):
     def __init__(self, model: ModelConfig, trainer: TrainerConfig, optim: OptimConfig, ds: DeepSpeedConfig,
-                 total_steps: int, pad_id: int, lora: LoRAConfig | None = None, share=None):
-        """`share`: a `posttrain.opd.colocate.Share` — the actors go into bundles reserved for several
-        groups (colocated OPD) instead of a placement group of their own."""
+                 total_steps: int, pad_id: int, lora: LoRAConfig | None = None, share: Share | None = None):
+        """`share`: the actors go into bundles reserved for several groups (colocated OPD) instead of a
+        placement group of their own."""
         import ray
 
         self.num_workers = trainer.num_workers
@@ -57,31 +59,16 @@ class TrainerGroup:
             raise WorkerFailure(f"a trainer worker died during {method} ({type(e).__name__}: {str(e).splitlines()[0]}); "
                                 "the trainer ranks cannot go on without it") from None
 
-    def train_step(self, batches: list[PackedBatch], objective: str, **kwargs) -> dict:
-        """One optimizer step over a global batch; returns the summed statistics of all ranks."""
+    def train_step(self, batches: list[PackedBatch], loss: Loss, loss_cfg: LossConfig | None = None) -> TrainStep:
+        """One optimizer step over a global batch, with the per-token `loss` (a `posttrain.losses.Loss`)."""
         import ray
 
         global_targets = sum(b.num_loss_tokens for b in batches)
         shards = distribute(batches, self.num_workers, self.pad_id)
-        refs = [w.train_step.remote(shard, objective, global_targets, **kwargs) for w, shard in zip(self.workers, shards)]
+        refs = [w.train_step.remote(shard, loss, global_targets, loss_cfg) for w, shard in zip(self.workers, shards)]
         if faults.fires_on_call("kill_trainer_worker"):
             ray.kill(self.workers[0])
-        results = self._get(refs, "train_step")
-        totals: dict[str, float] = {}
-        for r in results:
-            for key, value in r["totals"].items():
-                totals[key] = totals.get(key, 0.0) + value
-        counts = [r["expert_counts"] for r in results if r["expert_counts"] is not None]
-        return {
-            "totals": totals,
-            "global_targets": global_targets,
-            "micro_batches": len(shards[0]),
-            "expert_counts": torch.stack(counts).sum(0) if counts else None,
-            "grad_norm": results[0]["grad_norm"],
-            "skipped": results[0]["skipped"],  # the same on every rank (DeepSpeed reduces the overflow flag)
-            "lr": results[0]["lr"],
-            "compute_s": max(r["compute_s"] for r in results),
-        }
+        return TrainStep.of(self._get(refs, "train_step"), global_targets, micro_batches=len(shards[0]))
 
     def save_checkpoint(self, root: str, tag: str) -> None:
         self._all("save_checkpoint", root, tag)
@@ -99,7 +86,8 @@ class TrainerGroup:
     def weight_buckets(self, bucket_mb: int) -> list:
         return self._all("weight_buckets", bucket_mb)[0]
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
+        """Leave the process group on every rank, then free the actors and their reservation."""
         try:
             if not self.broken:
                 self._all("shutdown")

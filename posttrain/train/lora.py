@@ -78,10 +78,6 @@ def merged_state_dict(peft_model, state: dict[str, torch.Tensor] | None, zero3: 
     return merged
 
 
-def adapter_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if is_adapter(k)}
-
-
 def check_lora(model_cfg, cfg: LoRAConfig) -> None:
     """Apply `cfg` to the model's architecture on the meta device (no weights): a target that matches
     nothing fails here, before Ray or a worker starts, with peft's message."""

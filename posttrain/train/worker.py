@@ -1,8 +1,8 @@
 """One trainer process: a DeepSpeed engine over one data-parallel rank (a Ray actor).
 
-Both stages drive it the same way: `train_step(micro_batches, loss_fn_name, global_targets)` runs
+Both stages drive it the same way: `train_step(micro_batches, loss, global_targets)` runs
 forward/backward over this rank's packed micro-batches and one optimizer step. What differs between
-SFT and OPD is only the per-micro-batch loss (`posttrain.train.objectives`).
+SFT and OPD is only the per-token loss (a `posttrain.losses.Loss`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,18 @@ from pathlib import Path
 
 import torch
 
-from posttrain.config import DeepSpeedConfig, LoRAConfig, ModelConfig, OptimConfig, TrainerConfig
-from posttrain.data.packing import PackedBatch
+from posttrain.config import DeepSpeedConfig, LoRAConfig, LossConfig, ModelConfig, OptimConfig, TrainerConfig
+from posttrain.data.packing import IGNORE, PackedBatch
+from posttrain.infra import faults
+from posttrain.infra.checkpoint import atomic_dir
+from posttrain.infra.runlog import quiet_library_progress
+from posttrain.losses import Loss
+from posttrain.losses.router import expert_counts, load_balancing_loss
+from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import deepspeed_config, make_optimizer, make_schedule, sparse_moe_block_classes
+from posttrain.train.lora import apply_lora, merged_state_dict
+from posttrain.train.results import LossSums, RankStep
+from posttrain.infra.weight_buckets import buckets
 
 
 def free_port() -> int:
@@ -29,8 +38,6 @@ class TrainerWorker:
     def __init__(self, rank: int, world_size: int, num_threads: int):
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(num_threads)
-        from posttrain.metrics import quiet_library_progress
-
         quiet_library_progress()
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -59,8 +66,6 @@ class TrainerWorker:
             from transformers.integrations import HfDeepSpeedConfig
 
             hf_ds = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 — must stay alive during from_pretrained
-        from posttrain.models.packed_attention import register
-
         register()  # attn_implementation "sdpa_packed" (the default) is posttrain's, not transformers'
         model = AutoModelForCausalLM.from_pretrained(
             model_cfg.path, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
@@ -77,8 +82,6 @@ class TrainerWorker:
                 if name.endswith("mlp.gate.weight"):
                     param.requires_grad_(False)
         if self.lora_cfg is not None:
-            from posttrain.train.lora import apply_lora
-
             model = apply_lora(model, self.lora_cfg)  # the base frozen; only the adapters train
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, optim_cfg, ds_cfg)
@@ -97,33 +100,27 @@ class TrainerWorker:
 
     # ----------------------------------------------------------------------------------------------
 
-    def train_step(self, micro_batches: list[PackedBatch], objective: str, global_targets: int, **kwargs) -> dict:
+    def train_step(self, micro_batches: list[PackedBatch], loss: Loss, global_targets: int,
+                   loss_cfg: LossConfig | None = None) -> RankStep:
         """Forward/backward over this rank's micro-batches, then one optimizer step.
 
         `global_targets` is the number of target tokens in the whole global batch: each
         micro-batch's loss is a sum divided by it, so the step's gradient does not depend on how
         the batch was split across workers and micro-batches.
         """
-        from posttrain.train import objectives
-
-        loss_fn = getattr(objectives, objective)
         self.engine.train()
         start = time.perf_counter()
-        totals: dict[str, float] = {}
-        counts_LE = None
+        sums, counts_LE = LossSums(), None
         for batch in micro_batches:
             batch = batch.to(self.device)
             out = self.engine(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
                               output_router_logits=True, use_cache=False)
-            loss, stats = loss_fn(out, batch, self.config, self.trainer_cfg, **kwargs)
-            loss = _fault_nan_loss(loss, self.engine.global_steps + 1)
+            loss_sum, part = self._micro_batch_loss(out, batch, loss, loss_cfg)
+            loss_sum = _fault_nan_loss(loss_sum, self.engine.global_steps + 1)
             # DeepSpeed averages gradients over ranks; the loss is already a share of the global sum.
-            self.engine.backward(loss * self.world_size / max(1, global_targets), scale_wrt_gas=False)
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
+            self.engine.backward(loss_sum * self.world_size / max(1, global_targets), scale_wrt_gas=False)
+            sums = sums + part
             if out.router_logits and batch.num_examples:
-                from posttrain.train.losses import expert_counts
-
                 c = expert_counts(out.router_logits, self.config.num_experts_per_tok).cpu()
                 counts_LE = c if counts_LE is None else counts_LE + c
         lr = float(self.schedule.get_last_lr()[0])  # the rate this step applies
@@ -132,18 +129,30 @@ class TrainerWorker:
         else:
             self.engine.step()
             grad_norm, skipped = self.engine.get_global_grad_norm(), not self.engine.was_step_applied()
-        totals["tokens"] = float(sum(b.num_tokens for b in micro_batches))
-        return {
-            # The non-finite guard is DeepSpeed's own under ZeRO: its optimizer all-reduces an overflow
-            # flag / the global grad norm, and on inf or NaN (fp32 and bf16 alike) zeroes the
-            # gradients and skips the update and the schedule step on every rank together.
-            "skipped": skipped,
-            "totals": totals,
-            "expert_counts": counts_LE,
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "lr": lr,
-            "compute_s": time.perf_counter() - start,
-        }
+        sums.tokens = sum(b.num_tokens for b in micro_batches)
+        # The non-finite guard is DeepSpeed's own under ZeRO: its optimizer all-reduces an overflow
+        # flag / the global grad norm, and on inf or NaN (fp32 and bf16 alike) zeroes the gradients
+        # and skips the update and the schedule step on every rank together.
+        return RankStep(sums, counts_LE, None if grad_norm is None else float(grad_norm), skipped, lr,
+                        time.perf_counter() - start)
+
+    def _micro_batch_loss(self, out, batch: PackedBatch, loss: Loss, loss_cfg) -> tuple[torch.Tensor, LossSums]:
+        """The loss summed over the micro-batch's target tokens (+ the router's load-balancing term)."""
+        mask_T = batch.labels != IGNORE
+        inputs = {name: batch.extras[name][mask_T] for name in loss.inputs}
+        loss_sum = loss.fn(out.logits[0][mask_T], batch.labels[mask_T], loss_cfg, **inputs).sum()
+        targets = int(mask_T.sum())
+        sums = LossSums(loss=loss_sum.item(), targets=targets)
+        # The aux loss is a per-micro-batch mean; weighting it by the micro-batch's target count makes
+        # the step's total the target-weighted mean over the global batch. Computed even for an empty
+        # placeholder (weight 0): under ZeRO-3 every rank must run the same graph, or the ranks'
+        # recorded module traces diverge and the next all-gather hangs.
+        coef = self.trainer_cfg.router_aux_loss_coef
+        if coef > 0 and out.router_logits:
+            aux = load_balancing_loss(out.router_logits, self.config.num_experts, self.config.num_experts_per_tok)
+            loss_sum = loss_sum + coef * aux * targets
+            sums.aux = aux.item() * targets
+        return loss_sum, sums
 
     # ----------------------------------------------------------------------------------------------
 
@@ -185,8 +194,6 @@ class TrainerWorker:
         state = self.module_state_dict()
         if self.lora_cfg is None:
             return state
-        from posttrain.train.lora import merged_state_dict
-
         return merged_state_dict(self.engine.module, state, zero3=self.engine.zero_optimization_partition_weights())
 
     def export_hf(self, output_dir: str) -> str | None:
@@ -197,8 +204,6 @@ class TrainerWorker:
         state = self.module_state_dict() if adapter_only else self.full_state_dict()
         if self.rank != 0:
             return None
-        from posttrain.checkpoint import atomic_dir
-
         with atomic_dir(output_dir) as tmp:
             if adapter_only:  # peft's adapter_config.json + adapter_model.safetensors, on model.path
                 self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
@@ -207,6 +212,15 @@ class TrainerWorker:
                 model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(tmp)
         return output_dir
+
+    def weight_buckets(self, bucket_mb: int) -> list | None:
+        """Rank 0: the current weights as object-store buckets (every rank must call, for ZeRO-3)."""
+        import ray
+
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        return [ray.put(bucket) for bucket in buckets(state, bucket_mb)]
 
     def memory(self) -> dict:
         """This process's peak memory: host resident set (bytes) and, on a GPU, allocated device memory."""
@@ -248,22 +262,5 @@ def _step_unpartitioned(engine) -> tuple[float, bool]:
 
 
 def _fault_nan_loss(loss: torch.Tensor, step: int) -> torch.Tensor:
-    """The `nan_loss:N` test fault (posttrain.faults): step N's loss becomes NaN on every rank."""
-    from posttrain import faults
-
+    """The `nan_loss:N` test fault (posttrain.infra.faults): step N's loss becomes NaN on every rank."""
     return loss * float("nan") if faults.fires("nan_loss", step) else loss
-
-
-def _weight_buckets(self, bucket_mb: int) -> list | None:
-    """Rank 0: the current weights as object-store buckets (every rank must call, for ZeRO-3)."""
-    import ray
-
-    from posttrain.train.weights import buckets
-
-    state = self.full_state_dict()
-    if self.rank != 0:
-        return None
-    return [ray.put(bucket) for bucket in buckets(state, bucket_mb)]
-
-
-TrainerWorker.weight_buckets = _weight_buckets

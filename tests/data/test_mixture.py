@@ -3,7 +3,7 @@ import json
 import pytest
 
 from posttrain.data.mixture import DataError, load_mixture, load_mixture_spec
-from tests.data.mixture_files import GOOD, rows, write_mixture
+from tests.helpers import GOOD, rows, write_mixture
 
 
 @pytest.mark.parametrize("bad_line, message", [

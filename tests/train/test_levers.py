@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from posttrain.config import ConfigError, DeepSpeedConfig, LoRAConfig, OptimConfig, SFTConfig, TrainerConfig, load_config
 from posttrain.data.packing import pack
-from posttrain.sft import run_sft
+from posttrain.losses import LOSSES
+from posttrain.stages.sft import run_sft
 from posttrain.train.group import TrainerGroup
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -31,11 +32,10 @@ def first_losses(model, steps=2, lr=1e-2, **levers):
     try:
         out = []
         for _ in range(steps):
-            r = group.train_step(batch(), "sft")
-            out.append(r["totals"]["nll_sum"] / r["global_targets"])
+            out.append(group.train_step(batch(), LOSSES["nll"]).loss)
         return out
     finally:
-        group.shutdown()
+        group.close()
 
 
 def test_checkpointing_and_offload_give_the_baseline_steps(tiny_models, ray_local):
@@ -53,7 +53,7 @@ def test_checkpointing_and_offload_give_the_baseline_steps(tiny_models, ray_loca
 
 def test_lora_trains_only_the_adapters_and_syncs_merged_weights(tiny_models, ray_local):
     from posttrain.config import ModelConfig, RolloutConfig
-    from posttrain.opd.rollout import RolloutGroup
+    from posttrain.engines.group import RolloutGroup
 
     path = tiny_models["student"]
     original = loaded(path)
@@ -64,7 +64,7 @@ def test_lora_trains_only_the_adapters_and_syncs_merged_weights(tiny_models, ray
     try:
         assert 0 < trainer.trainable_params < trainer.num_params / 10
         for _ in range(2):
-            trainer.train_step(batch(), "sft")
+            trainer.train_step(batch(), LOSSES["nll"])
         raw = trainer._all("module_state_dict")[0]
         adapters = {k: v for k, v in raw.items() if ".lora_" in k}
         assert adapters and all(".lora_A." in k or ".lora_B." in k for k in adapters)
@@ -94,8 +94,8 @@ def test_lora_trains_only_the_adapters_and_syncs_merged_weights(tiny_models, ray
         served = ray.get(rollout.workers[0].state_dict.remote())
         assert all(torch.equal(merged[k], served[k]) for k in merged)
     finally:
-        rollout.shutdown()
-        trainer.shutdown()
+        rollout.close()
+        trainer.close()
 
 
 def loaded(path) -> dict:

@@ -1,0 +1,114 @@
+"""Engine groups: the rollout's and a teacher's Ray actors, started, slept, restarted and shut down alike.
+
+`EngineGroup` reserves a placement group (or takes a share of the trainer's bundles when colocated),
+spawns one actor of its backend's worker class per bundle, and runs every call through `Restarts`:
+a worker that dies is restarted by Ray and its call redone. Colocated, a group is awake only while
+it works. `RolloutGroup` adds sampling and the weight sync; `TeacherGroup` scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from posttrain.config import RolloutConfig, TeacherConfig
+from posttrain.engines.backends import backend
+from posttrain.engines.batching import shard
+from posttrain.engines.types import Sample, Scores
+from posttrain.infra.closing import Closing
+from posttrain.infra.cluster import Restarts, Share, call_all, release, reserve, spawn, torch_threads
+
+
+class EngineGroup(Closing):
+    def __init__(self, role: str, worker_cls: type, model_path: str, cfg, trust_remote_code: bool,
+                 share: Share | None):
+        """`share`: bundles shared with the trainer (`posttrain.stages.opd.colocate`); the engines can sleep."""
+        self.role, self.worker_cls, self.cfg = role, worker_cls, cfg
+        self.model_path, self.trust_remote_code = model_path, trust_remote_code
+        self.colocated, self.asleep = share is not None, False
+        if share is None:
+            cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
+            self.placement = reserve(role, cfg.num_workers, cpus, gpus, cfg.placement)
+        else:
+            cpus, gpus, self.placement = share.cpus, share.gpus, None  # not this group's to release
+        self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
+                             lambda i: (model_path, cfg, torch_threads(cfg.threads_per_worker, cpus), trust_remote_code,
+                                        share is not None),
+                             count=cfg.num_workers, max_restarts=cfg.max_restarts)
+        self.restarts = Restarts(role, cfg.max_restarts, f"{role}.max_restarts", on_restart=self.on_restart)
+
+    def on_restart(self, worker) -> None:
+        """Give a worker that Ray restarted the state its constructor does not rebuild (none here)."""
+
+    def padding(self, prompt_lens: list[int], response_lens: list[int]) -> dict[str, float]:
+        """`{role}_pad_frac` of this step's batches, as the backend reports it (nothing where it does not pad)."""
+        frac = self.worker_cls.padding(self.cfg, self.model_path, self.trust_remote_code, prompt_lens, response_lens)
+        return {} if frac is None else {f"{self.role}_pad_frac": frac}
+
+    @contextlib.contextmanager
+    def working(self, sleep_after: bool = True):
+        """Colocated: wake for the call, and sleep after it (the trainer and the other group use the device)."""
+        if self.colocated and self.asleep:
+            self.wake_up()
+        try:
+            yield
+        finally:
+            if self.colocated and sleep_after:
+                self.sleep()
+
+    def sleep(self) -> None:
+        call_all(self.workers, "sleep")
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        call_all(self.workers, "wake_up")
+        self.asleep = False
+
+    def close(self) -> None:
+        release(self.workers, self.placement)
+
+
+class RolloutGroup(EngineGroup):
+    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False, share: Share | None = None):
+        super().__init__("rollout", backend(cfg.backend, "rollout.backend").rollout, model_path, cfg,
+                         trust_remote_code, share)
+        # Where a restarted worker gets the current student weights (its constructor loads the
+        # initial ones): set by the OPD loop to the trainer's weight buckets; None = the initial ones.
+        self.weights_source = None
+
+    def on_restart(self, worker) -> None:
+        import ray
+
+        if self.weights_source is not None:
+            ray.get(worker.update_weights.remote(self.weights_source()))
+
+    def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
+        """`samples_per_prompt` samples of each prompt (`greedy`: one argmax response), grouped by prompt."""
+        shards = shard(list(enumerate(prompt_ids)), len(self.workers))
+        with self.working():  # colocated: asleep from the end of sampling until the next weight sync
+            results = self.restarts.run(self.workers, "generate",
+                                        [(i, (part, seed * 1000 + i, greedy)) for i, part in enumerate(shards) if part])
+        samples = [s for part in results for s in part]
+        return sorted(samples, key=lambda s: s.prompt_index)  # stable: samples of a prompt keep their order
+
+    def update_weights(self, bucket_refs: list) -> None:
+        with self.working(sleep_after=False):  # awake now: sampling comes next
+            call_all(self.workers, "update_weights", bucket_refs)
+
+
+class TeacherGroup(EngineGroup):
+    def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False, share: Share | None = None):
+        # A restarted teacher reloads its (fixed) weights in its constructor: nothing to restore.
+        super().__init__("teacher", backend(cfg.backend, "teacher.backend").teacher, model_path, cfg,
+                         trust_remote_code, share)
+        if self.colocated:
+            self.sleep()  # loaded on the device only while it scores
+
+    def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[Scores]:
+        n = len(self.workers)
+        with self.working():
+            parts = self.restarts.run(self.workers, "score", [(i, (part, topk)) for i, part in enumerate(shard(sequences, n))
+                                                              if part])
+        results: list[Scores] = [None] * len(sequences)  # type: ignore[list-item]
+        for i, part in enumerate(parts):
+            results[i::n] = part
+        return results

@@ -1,0 +1,78 @@
+"""The hf rollout worker: sample `samples_per_prompt` responses per prompt from the current student.
+
+Returns, per sample, the response token ids, the sampler's log-prob of each (under the exact
+distribution it sampled from: after temperature and top-p), and whether it ran out of tokens. A
+transformers model decodes with its KV cache, batched, left-padded, through
+`posttrain.engines.sampling`; CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.config import RolloutConfig
+from posttrain.engines.batching import length_sorted_batches, rollout_padding
+from posttrain.engines.hf_engine import HFEngine
+from posttrain.engines.sampling import sample
+from posttrain.engines.types import Sample
+from posttrain.infra.weight_buckets import load_bucket
+
+
+class HFRolloutWorker(HFEngine):
+    def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False,
+                 sleep_mode: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        super().__init__(num_threads)
+        self.cfg = cfg
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @staticmethod
+    def padding(cfg: RolloutConfig, model_path: str, trust_remote_code: bool, prompt_lens: list[int],
+                response_lens: list[int]) -> float | None:
+        """The pad fraction of this step's generation: left padding plus decoding past each row's end."""
+        pad, total = rollout_padding(prompt_lens, response_lens, cfg.batch_size, cfg.num_workers, cfg.samples_per_prompt)
+        return pad / max(1, total)
+
+    def update_weights(self, bucket_refs: list) -> int:
+        import ray
+
+        self._check_awake()
+        return sum(load_bucket(self.model, ray.get(ref)) for ref in bucket_refs)
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[tuple[int, list[int]]], seed: int, greedy: bool = False) -> list[Sample]:
+        """`prompts`: (prompt_index, token ids); each is sampled `samples_per_prompt` times
+        (`greedy`: once, by argmax — evaluation)."""
+        self._check_awake()
+        cfg = self.cfg
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        jobs = [(index, ids) for index, ids in prompts for _ in range(1 if greedy else cfg.samples_per_prompt)]
+        samples: list[Sample] = [None] * len(jobs)  # type: ignore[list-item]  # in job order, whatever the batching
+        for batch in length_sorted_batches([len(ids) for _, ids in jobs], cfg.batch_size):
+            chunk = [jobs[i] for i in batch]
+            width = max(len(ids) for _, ids in chunk)
+            input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (_, ids) in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention_mask[row, width - len(ids):] = 1
+            new_BN, logp_BN = sample(self.model, input_ids.to(self.device), attention_mask.to(self.device),
+                                     cfg.max_new_tokens, sorted(self.eos_ids), self.pad_id, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, greedy=greedy, generator=generator)
+            for row, (index, _) in enumerate(chunk):
+                ids, logps = [], []
+                for token, logp in zip(new_BN[row].tolist(), logp_BN[row].tolist()):
+                    ids.append(token)
+                    logps.append(logp)
+                    if token in self.eos_ids:
+                        break
+                samples[batch[row]] = Sample(index, ids, logps, truncated=ids[-1] not in self.eos_ids)
+        return samples

@@ -1,0 +1,93 @@
+"""What OPD checks before it starts any worker: the loss and backends, the budgets, the student, the
+cascade and one shared vocabulary, and the eval tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.config import ConfigError, EvalConfig, OPDConfig
+from posttrain.engines.backends import backend
+from posttrain.eval.tasks import TASKS, TaskExample, examples
+from posttrain.losses import LOSSES
+from posttrain.models.locate import require_model
+from posttrain.models.tiny import MODEL_NAMES, ensure_model
+from posttrain.stages.driver import load_tokenizer
+from posttrain.train.lora import check_lora
+
+
+class VocabularyMismatch(ValueError):
+    """A teacher does not share the student's vocabulary, so it cannot score the student's tokens."""
+
+
+def check_opd(cfg: OPDConfig):
+    """Every check that needs no worker, in the order a user would fix them; returns the student's
+    tokenizer and the eval examples."""
+    check_choices(cfg)
+    check_budgets(cfg)
+    check_student(cfg)
+    eval_examples = eval_set(cfg.eval)
+    tokenizer = load_tokenizer(cfg.model)
+    check_lora(cfg.model, cfg.lora)
+    check_cascade(cfg, tokenizer)
+    return tokenizer, eval_examples
+
+
+def check_choices(cfg: OPDConfig) -> None:
+    """The loss and the engine backends are named in their tables (posttrain.losses, posttrain.engines.backends)."""
+    if cfg.loss.mode not in LOSSES:
+        raise ConfigError(f"'loss.mode' must be one of {list(LOSSES)}, got {cfg.loss.mode!r}")
+    backend(cfg.rollout.backend, "rollout.backend")
+    backend(cfg.teacher.backend, "teacher.backend")
+
+
+def check_budgets(cfg: OPDConfig) -> None:
+    """A whole prompt + response must fit one packed micro-batch; a sample is never split."""
+    longest = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
+    if cfg.data.pack_tokens < longest:
+        raise ConfigError(
+            f"data.pack_tokens ({cfg.data.pack_tokens}) must be >= data.max_prompt_len + rollout.max_new_tokens "
+            f"({cfg.data.max_prompt_len} + {cfg.rollout.max_new_tokens} = {longest})"
+        )
+
+
+def check_student(cfg: OPDConfig) -> None:
+    """The student must exist; the default is the SFT stage's export, so say how to make it."""
+    path = Path(cfg.model.path)
+    if path.name in MODEL_NAMES and cfg.model.build_tiny_if_missing:
+        return  # the tiny suite is built on demand
+    require_model(cfg.model.path, "model.path", hint=(
+        f"model.path: the student {cfg.model.path} does not exist. The default student is the SFT stage's "
+        f"export: run `posttrain sft --config configs/tiny/sft.yaml --output-dir {path.parent}` first, "
+        "or pass --student PATH (a local HF model directory or a hub id)"))
+
+
+def eval_set(cfg: EvalConfig) -> list[TaskExample]:
+    """The eval-split examples the run is scored on every `eval.every` steps (none when off)."""
+    if cfg.every <= 0:
+        return []
+    for task in cfg.tasks:
+        if task not in TASKS:
+            raise ConfigError(f"eval.tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    return [e for task in cfg.tasks for e in examples(task, "eval", limit=cfg.limit)]
+
+
+def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not cfg.teachers:
+        raise ConfigError("teachers: the cascade is empty; give at least one teacher (config or --teacher PATH[:STEPS])")
+    student_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    student_vocab = student_tokenizer.get_vocab()
+    for i, stage in enumerate(cfg.teachers):
+        if stage.steps <= 0:
+            raise ConfigError(f"teachers[{i}] ({stage.path}): steps must be > 0, got {stage.steps}")
+        ensure_model(stage.path, cfg.model.build_tiny_if_missing, cfg.model.tiny_seed)
+        require_model(stage.path, f"teachers[{i}]")
+        tokenizer = AutoTokenizer.from_pretrained(stage.path, trust_remote_code=cfg.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(stage.path, trust_remote_code=cfg.model.trust_remote_code)
+        if tokenizer.get_vocab() != student_vocab or config.vocab_size < len(student_tokenizer):
+            raise VocabularyMismatch(
+                f"teacher {stage.path} has a vocabulary of {len(tokenizer)} tokens (embedding {config.vocab_size}), "
+                f"the student {cfg.model.path} has {len(student_tokenizer)} tokens (embedding {student_config.vocab_size}); "
+                "the teacher scores the student's own token ids, so both must use the same tokenizer"
+            )

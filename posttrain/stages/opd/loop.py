@@ -1,0 +1,97 @@
+"""The OPD stage: generate → score → train → sync, over a cascade of teachers.
+
+`posttrain.stages.opd.step.opd_step` is one step, readable on one screen; `run_opd` is the loop
+around it (checks, workers, cascade switches, checkpoints, resume).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.config import OPDConfig, TeacherStage
+from posttrain.data.prompts import OPDPrompts
+from posttrain.infra import faults
+from posttrain.infra.cluster import WorkerFailure
+from posttrain.infra.runlog import JsonlLog, RunLog
+from posttrain.stages.driver import NonFinite, RunDir, Schedule, start_ray
+from posttrain.stages.opd.checks import check_opd
+from posttrain.stages.opd.step import opd_step
+from posttrain.stages.opd.workers import OPDWorkers
+
+
+def cascade_position(teachers: list[TeacherStage], step: int) -> tuple[int, int]:
+    """(stage index, step within that stage) of global step `step` (1-based)."""
+    done = 0
+    for index, stage in enumerate(teachers):
+        if step <= done + stage.steps:
+            return index, step - done
+        done += stage.steps
+    raise ValueError(f"step {step} is past the cascade's {done} steps")
+
+
+def opd_schedule(cfg: OPDConfig, total_steps: int) -> Schedule:
+    ends = [sum(stage.steps for stage in cfg.teachers[:i + 1]) for i in range(len(cfg.teachers))]
+    return Schedule(total_steps, cfg.checkpoint.every, cfg.trainer.stop_after_step, eval_every=cfg.eval.every,
+                    stage_ends=frozenset(ends))
+
+
+def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
+    run = RunDir(cfg.output_dir)
+    # 1. Checks before any work: the cascade, one shared vocabulary, the prompt mixture.
+    tokenizer, eval_examples = check_opd(cfg)
+    run.prepare(resume, overwrite)
+    prompts = OPDPrompts(cfg.data, tokenizer, seed=cfg.trainer.seed)
+    total_steps, per_step = sum(stage.steps for stage in cfg.teachers), cfg.rollout.prompts_per_step
+    print(f"[opd] prompts: {prompts.report()}; {total_steps} steps over {len(cfg.teachers)} teacher(s)", flush=True)
+    run.write_config(cfg)
+    found = run.resume_point(resume, cfg.checkpoint.verify_checksums)
+    state = found[1] if found else {"stage": "opd", "step": 0, "cursor": 0, "cascade_index": 0, "stage_step": 0}
+    schedule, nonfinite = opd_schedule(cfg, total_steps), NonFinite(cfg.trainer)
+
+    # 2. The three worker groups (the teacher group is made per cascade stage).
+    start_ray(cfg.ray, cfg.cluster, ray_address)
+    with OPDWorkers(cfg, total_steps, tokenizer.pad_token_id) as workers:
+        run.write_placement(workers.placement_record())
+        if found is not None:
+            workers.resume(run, found[0])
+            print(f"[opd] resumed from {found[0]} (step {state['step']}, teacher {state['cascade_index'] + 1}, "
+                  f"{state['cursor']} prompts consumed)", flush=True)
+        # The prompt ids each step trained on: a resumed or fault-hit run can be checked against an undisturbed one.
+        with RunLog(run.path, total_steps, start_step=state["step"], tensorboard=cfg.logging.tensorboard,
+                    progress_bar=cfg.logging.progress_bar, every=cfg.logging.every, desc="opd") as log, \
+                JsonlLog(run.path / "prompts.jsonl", start_step=state["step"]) as consumed:
+
+            # 3. The loop.
+            for step in range(state["step"] + 1, total_steps + 1):
+                index, stage_step = cascade_position(cfg.teachers, step)
+                teacher = workers.teacher_for(index)
+                batch = prompts.batch(state["cursor"], per_step)
+                if workers.ahead:
+                    workers.ahead.prepare(step, batch, teacher, cfg)
+                    if not schedule.drains(step):
+                        workers.ahead.prepare(step + 1, prompts.batch(state["cursor"] + per_step, per_step), teacher, cfg)
+                try:
+                    result = opd_step(step, batch, workers.rollout, teacher, workers.trainer, cfg, workers.ahead)
+                except WorkerFailure as e:
+                    workers.save_after_failure(run, state)
+                    raise WorkerFailure(f"step {step}: {e}; {run.resume_hint()}") from None
+                state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
+                record = {"step": step, "stage": index + 1, "teacher": cfg.teachers[index].path, "stage_step": stage_step,
+                          **result.metrics(), **nonfinite.note(state, result.skipped)}
+                if eval_examples and schedule.evaluates(step):
+                    record.update(workers.evaluate(tokenizer, eval_examples, seed=step))
+                log.log(record)
+                consumed.log({"step": step, "prompt_ids": [p.id for p in batch]})
+                faults.kill_self("kill_after_step", step)
+                too_many = nonfinite.too_many(state)
+                if schedule.saves(step, nonfinite=too_many):
+                    workers.save(run, state)
+                if too_many:
+                    raise nonfinite.error(state, run)
+                if schedule.stops(step):
+                    print(f"[opd] stopped after step {step} (trainer.stop_after_step); continue with --resume", flush=True)
+                    return run.checkpoint_of(step)
+        workers.trainer.export_hf(str(run.path / "final"))
+    print(f"[opd] done: metrics {run.path / 'metrics.jsonl'}, checkpoints {run.checkpoints}, model {run.path / 'final'}",
+          flush=True)
+    return run.path / "final"

@@ -1,0 +1,126 @@
+"""One OPD step: generate → score → train → sync, readable on one screen (`opd_step`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from posttrain.config import OPDConfig
+from posttrain.data.packing import pack
+from posttrain.data.prompts import Prompt
+from posttrain.engines.group import RolloutGroup, TeacherGroup
+from posttrain.engines.types import Sample, Scores
+from posttrain.losses import LOSSES
+from posttrain.stages.opd.ahead import Ahead
+from posttrain.train.group import TrainerGroup
+
+# How each input a loss can name (posttrain.losses.TOKEN_INPUTS) comes from a rollout sample and its scores.
+TOKEN_INPUTS = {
+    "sampler_logprobs": lambda sample, scores: torch.tensor(sample.sampler_logprobs),
+    "teacher_logprobs": lambda sample, scores: scores.logprobs,
+    "teacher_topk_ids": lambda sample, scores: scores.topk_ids,
+    "teacher_topk_logprobs": lambda sample, scores: scores.topk_logprobs,
+}
+
+
+@dataclass
+class Generated:
+    """One step's rollout and teacher scores, and what each took."""
+
+    samples: list[Sample]
+    scores: list[Scores]  # per sample: the teacher's log-probs of its response tokens (and top-k)
+    rollout_s: float
+    teacher_s: float
+
+
+@dataclass
+class StepResult:
+    """What one OPD step did, for the step's metrics record."""
+
+    reverse_kl: float  # mean per response token of log π_sampler − log π_teacher (the single-sample estimate)
+    loss: float  # the loss per response token of the global batch
+    response_len: float
+    truncated_frac: float
+    rollout_s: float
+    teacher_s: float
+    wait_s: float  # the trainer waiting for samples (one step off-policy: what was not hidden)
+    train_s: float
+    sync_s: float
+    step_s: float  # wall time: with `ahead`, less than the stages' sum
+    train_compute_s: float
+    tokens: int
+    tokens_per_s: float
+    lr: float
+    grad_norm: float | None
+    skipped: bool
+    padding: dict[str, float] = field(default_factory=dict)  # rollout_pad_frac / teacher_pad_frac where they pad
+    router: dict = field(default_factory=dict)  # expert_imbalance / expert_load per layer
+
+    def metrics(self) -> dict:
+        """The metrics record (without `skipped`, which the loop counts)."""
+        record = {k: v for k, v in vars(self).items() if k not in ("skipped", "padding", "router")}
+        return {**record, **self.padding, **self.router}
+
+
+def generate_and_score(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: TeacherGroup,
+                       cfg: OPDConfig) -> Generated:
+    """Stages 1 and 2 of a step: sample, then score the samples."""
+    timer = time.perf_counter()
+    # 1. Rollout: samples_per_prompt responses per prompt from the current student, with the sampler's log-probs.
+    samples = rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
+    rollout_s, timer = time.perf_counter() - timer, time.perf_counter()
+    # 2. Score: the teacher's log-probs (temperature 1) of exactly those tokens.
+    topk = cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
+    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=topk)
+    return Generated(samples, scores, rollout_s, time.perf_counter() - timer)
+
+
+def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: TeacherGroup, trainer: TrainerGroup,
+             cfg: OPDConfig, ahead: Ahead | None = None) -> StepResult:
+    """One on-policy distillation step over `prompts`; with `ahead` (rollout.async_steps: 1) its
+    samples and scores were made while the previous step trained."""
+    started = time.perf_counter()
+    # 1-2. Rollout and teacher scores (posttrain.stages.opd.ahead: already in flight, one step off-policy).
+    got = ahead.take(step) if ahead else generate_and_score(step, prompts, rollout, teacher, cfg)
+    wait_s, timer = time.perf_counter() - started, time.perf_counter()
+
+    # 3. Train: the loss (the reverse KL) on the student's own tokens; prompt tokens carry no loss.
+    loss = LOSSES[cfg.loss.mode]
+    examples = [training_example(prompts[s.prompt_index].input_ids, s, scores, loss.inputs)
+                for s, scores in zip(got.samples, got.scores)]
+    result = trainer.train_step(pack(examples, cfg.data.pack_tokens), loss, cfg.loss)
+    train_s, timer = time.perf_counter() - timer, time.perf_counter()
+
+    # 4. Sync: the new student weights to the rollout engines, in buckets (queued behind the
+    #    generation in flight when working ahead).
+    weights = trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
+    ahead.sync(weights) if ahead else rollout.update_weights(weights)
+    sync_s = time.perf_counter() - timer
+
+    samples, step_s = got.samples, time.perf_counter() - started
+    response_tokens = sum(len(s.response_ids) for s in samples)
+    prompt_lens = [len(prompts[s.prompt_index].input_ids) for s in samples]
+    response_lens = [len(s.response_ids) for s in samples]
+    reverse_kl = sum(float(sum(s.sampler_logprobs) - scores.logprobs.sum()) for s, scores in zip(samples, got.scores))
+    return StepResult(
+        reverse_kl=reverse_kl / response_tokens, loss=result.loss, response_len=response_tokens / len(samples),
+        truncated_frac=sum(s.truncated for s in samples) / len(samples), rollout_s=got.rollout_s,
+        teacher_s=got.teacher_s, wait_s=wait_s, train_s=train_s, sync_s=sync_s, step_s=step_s,
+        train_compute_s=result.compute_s, tokens=result.sums.tokens, tokens_per_s=result.sums.tokens / step_s,
+        lr=result.lr, grad_norm=result.grad_norm, skipped=result.skipped,
+        padding={**rollout.padding(prompt_lens, response_lens), **teacher.padding(prompt_lens, response_lens)},
+        router=result.router_metrics())
+
+
+def training_example(prompt_ids: list[int], sample: Sample, scores: Scores, inputs: tuple[str, ...]) -> tuple:
+    """(token ids, loss mask, per-token inputs of the loss) of one prompt + response."""
+    prompt_len = len(prompt_ids)
+    extras = {name: _after_prompt(TOKEN_INPUTS[name](sample, scores), prompt_len) for name in inputs}
+    return prompt_ids + sample.response_ids, [0] * prompt_len + [1] * len(sample.response_ids), extras
+
+
+def _after_prompt(values: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Per-response-token values laid out over prompt + response tokens (zeros over the prompt)."""
+    return torch.cat([torch.zeros((prompt_len, *values.shape[1:]), dtype=values.dtype), values])

@@ -1,0 +1,127 @@
+"""What the tests share: configs of the tiny runs, reading a run's outputs, mixture files, and a
+`posttrain` command run in its own process (killed for real by the fault tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from posttrain.config import OPDConfig, SFTConfig, TeacherStage, load_config
+from posttrain.data.mixture import load_mixture_spec, read_source_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SFT = "configs/tiny/sft.yaml"
+TINY_OPD = "configs/tiny/opd.yaml"
+
+# The OPD fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
+FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs and outputs of the tiny runs
+# --------------------------------------------------------------------------------------------------
+
+
+def sft_config(tiny_models, out, *overrides) -> SFTConfig:
+    return load_config(SFTConfig, TINY_SFT, [f"model.path={tiny_models['student']}", f"output_dir={out}",
+                                             "logging.progress_bar=false", *overrides])
+
+
+def opd_config(tiny_models, out, stages=(6, 6), *overrides, student=None) -> OPDConfig:
+    """The tiny OPD config with a cascade of `stages` steps: the qwen3_moe teacher, then the qwen3_next one."""
+    cfg = load_config(OPDConfig, TINY_OPD, [f"model.path={student or tiny_models['student']}", f"output_dir={out}",
+                                            "logging.progress_bar=false", "logging.tensorboard=false", *overrides])
+    teachers = (tiny_models["teacher-moe"], tiny_models["teacher-next"])
+    cfg.teachers = [TeacherStage(str(path), steps) for path, steps in zip(teachers, stages)]
+    return cfg
+
+
+def records(out) -> list[dict]:
+    """A run's metrics.jsonl, one dict per step."""
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def prompt_ids(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "prompts.jsonl").read_text().splitlines()]
+
+
+def same_weights(a, b) -> bool:
+    """Whether two runs' final/ exports hold bit-identical tensors."""
+    a, b = load_file(Path(a) / "final" / "model.safetensors"), load_file(Path(b) / "final" / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixture files for the data tests: a one-source mixture spec over a JSONL file of given lines
+# --------------------------------------------------------------------------------------------------
+
+GOOD = {"id": "g-0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def write_mixture(tmp_path, lines: list[bytes | str | dict], weight="1.0", extra_source: str = "",
+                  fmt: str = "messages") -> str:
+    """`mix.yaml` with source 'a' reading `d.jsonl`, whose lines are `lines` (dicts as JSON, bytes as they are)."""
+    data = tmp_path / "d.jsonl"
+    with open(data, "wb") as f:
+        for line in lines:
+            if isinstance(line, dict):
+                line = json.dumps(line)
+            f.write(line if isinstance(line, bytes) else line.encode())
+            f.write(b"\n")
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(f"name: t\nsources:\n  - name: a\n    path: d.jsonl\n    format: {fmt}\n    weight: {weight}\n{extra_source}")
+    return str(spec)
+
+
+def rows(spec_path):
+    """Every row of every source, read and checked."""
+    spec = load_mixture_spec(spec_path)
+    return [r for s in spec.sources for r in read_source_rows(s)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The kill-and-resume tests: a `posttrain` command in its own process, killed for real, and a check
+# that nothing it started (Ray's GCS, raylet, workers) outlives it
+# --------------------------------------------------------------------------------------------------
+
+
+def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`; asserts that no process it
+    started is left once it is gone, killing (by pid) any that is, so a failing test leaks nothing."""
+    import psutil
+
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "POSTTRAIN_FAULT": fault, "POSTTRAIN_TEST_MARK": mark,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)  # its own local Ray, as a user's run has
+    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, start_new_session=True)
+
+    def leftovers():
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get("POSTTRAIN_TEST_MARK") == mark:
+                    found.append(p)
+            except (psutil.Error, OSError):
+                pass
+        return found
+
+    deadline = time.monotonic() + 30  # Ray's processes notice their driver is gone within seconds
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    assert not left, f"processes outlived the killed run: {[(p.pid, p.name()) for p in left]}"
+    return proc

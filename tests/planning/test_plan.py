@@ -1,0 +1,82 @@
+"""`posttrain plan`: the tables for both Marco-Mini configs, and invariants of the memory model."""
+
+from __future__ import annotations
+
+import pytest
+
+from posttrain.cli import main
+from posttrain.config import OPDConfig, SFTConfig, load_config
+from posttrain.planning.plan import GPUS, GiB, GPU, plan
+
+SFT, OPD = "configs/marco_mini/sft.yaml", "configs/marco_mini/opd.yaml"
+
+
+def _trainer(p: dict) -> dict:
+    return next(g for g in p["groups"] if g["group"] == "trainer")
+
+
+def _sharded(p: dict) -> float:
+    rows = _trainer(p)["rows"]
+    return rows["weights"] + rows["gradients"] + rows["optimizer"]
+
+
+def test_plan_prints_the_table_for_both_marco_mini_configs(capsys):
+    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu", "h100"]) == 0
+    sft = capsys.readouterr().out
+    assert "sft of marco_mini on 64 x H100 SXM 80GB" in sft
+    assert "trainer (marco_mini)   64" in sft and "fits: every group within" in sft
+    # The SFT time is the calibration point: it reproduces the card's ~24 h and ~3,000 tokens/s/GPU.
+    assert "24.0 h   for 4,000 steps (card: ~24 h on 64 GPUs)" in sft and "3,034 tokens/s/GPU" in sft
+    assert "train_mfu" in sft and "card:" in sft and "assumed:" in sft  # every constant says its source
+
+    assert main(["plan", "--config", OPD, "--gpus", "64", "--gpu", "h100"]) == 0
+    opd = capsys.readouterr().out
+    for group in ("trainer (marco_mini)", "rollout (marco_mini)", "teacher 1 (qwen3_30b_a3b)",
+                  "teacher 2 (qwen3_next_80b_a3b)"):
+        assert group in opd
+    # The card's split on 80 GB: the 80B teacher's bf16 weights alone exceed one GPU, and the trainer's
+    # 16,384-token micro-batches without activation checkpointing; the plan says which and by how much.
+    assert "does NOT fit: trainer needs" in opd and "teacher 2 needs 156.3 GiB of 68.0 (short by 88.3 GiB)" in opd
+    assert "tensor parallel >= 4" in opd
+    assert main(["plan", "--config", OPD, "--gpus", "64", "--activation-checkpointing"]) == 0
+    assert "does NOT fit: teacher 2 needs" in capsys.readouterr().out
+    assert "rollout (decode)" in opd and "(card: 104.2 s)" in opd and "(card: ~110 h on 64 GPUs)" in opd
+
+
+def test_zero3_shards_and_scales_with_the_gpu_count():
+    cfg = load_config(SFTConfig, SFT)
+    z3 = plan(cfg, 64, GPUS["h100"])
+    z2 = plan(load_config(SFTConfig, SFT, ["deepspeed.zero_stage=2"]), 64, GPUS["h100"])
+    assert _trainer(z3)["total"] < _trainer(z2)["total"]
+    assert _trainer(z2)["rows"]["weights"] == pytest.approx(2 * 17.25e9, rel=0.01)  # replicated bf16
+    z3_128 = plan(cfg, 128, GPUS["h100"])
+    assert _sharded(z3_128) / _sharded(z3) == pytest.approx(0.5, rel=1e-6)
+    assert _trainer(z3_128)["rows"]["activations"] == _trainer(z3)["rows"]["activations"]  # per micro-batch
+
+
+def test_a_tiny_gpu_reports_does_not_fit_with_the_shortfall(capsys):
+    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu-memory-gb", "16"]) == 0
+    out = capsys.readouterr().out
+    p = plan(load_config(SFTConfig, SFT), 64, GPU("small", 16, 989e12, 3.35e12, "test"))
+    short = _trainer(p)["short"] / GiB
+    assert short == pytest.approx(_trainer(p)["total"] / GiB - 16)
+    assert f"does NOT fit: trainer needs {_trainer(p)['total'] / GiB:.1f} GiB of 16.0 (short by {short:.1f} GiB)" in out
+
+
+def test_levers_move_the_terms_they_should():
+    cfg = load_config(OPDConfig, OPD)
+    base = plan(cfg, 64, GPUS["h100"])
+    ckpt = plan(cfg, 64, GPUS["h100"], {"activation_checkpointing": True})
+    assert _trainer(ckpt)["rows"]["activations"] < _trainer(base)["rows"]["activations"] / 10
+    assert ckpt["time"]["phases"][2]["s"] == pytest.approx(base["time"]["phases"][2]["s"] * 8 / 6)  # one more forward
+    offload = plan(cfg, 64, GPUS["h100"], {"offload_optimizer": True})
+    assert _trainer(offload)["rows"]["optimizer"] == 0 and _trainer(offload)["cpu_offloaded"] == pytest.approx(
+        _trainer(base)["rows"]["optimizer"])
+    lora = plan(cfg, 64, GPUS["h100"], {"lora_rank": 16})
+    assert _trainer(lora)["rows"]["optimizer"] < _trainer(base)["rows"]["optimizer"] / 100
+    colocated = plan(cfg, 64, GPUS["h100"], {"colocated": True})
+    peak = next(g for g in colocated["groups"] if g["group"] == "colocated (peak)")
+    trainer, engine = _trainer(colocated), 0.85 * 80 * GiB  # an awake vLLM engine's gpu_memory_utilization share
+    resident = trainer["rows"]["weights"] + trainer["rows"]["gradients"] + trainer["rows"]["optimizer"]
+    assert peak["total"] == pytest.approx(max(trainer["total"], resident + engine))
+    assert peak["total"] < trainer["total"] + 2 * engine  # taking turns, not the sum of the three
