@@ -3,7 +3,7 @@
 Every loss here is computed at the positions that carry a target (an assistant token in SFT, a
 response token in OPD), from the student's logits there, and returns one value per position:
 
-    fn(logits_NV, targets_N, cfg, **inputs) -> loss_N
+    fn(logits_NV, targets_N, cfg, **inputs) -> loss_N   or   (loss_N, metrics)
 
 `cfg` is the stage's `LossConfig` (None in SFT); `inputs` are the per-token tensors the loss names
 in `Loss.inputs`, each [N, ...]. What an OPD step can give (posttrain.stages.opd.step builds them
@@ -13,6 +13,10 @@ from the rollout's `Sample` and the teacher's `Scores`):
     teacher_logprobs [N]           the teacher's log-prob of that token (temperature 1)
     teacher_topk_ids [N, k]        the teacher's top-k token ids at that position
     teacher_topk_logprobs [N, k]   and their log-probs
+
+`metrics` maps a metric name to a per-token tensor [N] (what tells whether the loss is healthy: a
+clipped fraction, an exact KL beside the sampled one); the trainer sums each over the target tokens and
+reports it per target token of the global batch, beside the loss.
 
 The trainer sums `loss_N` and divides by the target tokens of the whole global batch (torchtune's
 token-count normalisation), so a step's gradient is the same however the batch is split over
@@ -33,7 +37,7 @@ TOKEN_INPUTS = ("sampler_logprobs", "teacher_logprobs", "teacher_topk_ids", "tea
 
 @dataclass(frozen=True)
 class Loss:
-    fn: Callable  # (logits_NV, targets_N, cfg, **inputs) -> loss_N
+    fn: Callable  # (logits_NV, targets_N, cfg, **inputs) -> loss_N, or (loss_N, {metric: values_N})
     inputs: tuple[str, ...] = ()  # of TOKEN_INPUTS: the keyword arguments `fn` takes
 
     @property

@@ -102,4 +102,4 @@ def _sft_record(step: int, result: TrainStep, step_s: float, flops_per_token: fl
     }
     if flops_per_token:
         record["mfu"] = sums.tokens * flops_per_token / step_s / (cfg.logging.peak_flops_per_device * cfg.trainer.num_workers)
-    return {**record, **result.router_metrics()}
+    return {**record, **result.loss_metrics(), **result.router_metrics()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,10 +17,14 @@ class LossSums:
     targets: int = 0  # target tokens
     aux: float = 0.0  # the router load-balancing loss x the micro-batch's target tokens
     tokens: int = 0  # every token computed (prompt and padding-free context included)
+    metrics: dict[str, float] = field(default_factory=dict)  # the loss's own per-token metrics, summed
 
     def __add__(self, other: "LossSums") -> "LossSums":
+        metrics = dict(self.metrics)
+        for name, value in other.metrics.items():
+            metrics[name] = metrics.get(name, 0.0) + value
         return LossSums(self.loss + other.loss, self.targets + other.targets, self.aux + other.aux,
-                        self.tokens + other.tokens)
+                        self.tokens + other.tokens, metrics)
 
 
 @dataclass
@@ -62,6 +66,10 @@ class TrainStep:
     def loss(self) -> float:
         """The loss per target token of the global batch."""
         return self.sums.loss / max(1, self.global_targets)
+
+    def loss_metrics(self) -> dict[str, float]:
+        """The loss's own metrics, per target token of the global batch."""
+        return {name: value / max(1, self.global_targets) for name, value in self.sums.metrics.items()}
 
     def router_metrics(self) -> dict:
         """Per layer: busiest expert / mean (1.0 = balanced), and the raw counts."""

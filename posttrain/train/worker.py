@@ -140,9 +140,11 @@ class TrainerWorker:
         """The loss summed over the micro-batch's target tokens (+ the router's load-balancing term)."""
         mask_T = batch.labels != IGNORE
         inputs = {name: batch.extras[name][mask_T] for name in loss.inputs}
-        loss_sum = loss.fn(out.logits[0][mask_T], batch.labels[mask_T], loss_cfg, **inputs).sum()
-        targets = int(mask_T.sum())
-        sums = LossSums(loss=loss_sum.item(), targets=targets)
+        loss_N = loss.fn(out.logits[0][mask_T], batch.labels[mask_T], loss_cfg, **inputs)
+        loss_N, metrics = loss_N if isinstance(loss_N, tuple) else (loss_N, {})
+        loss_sum, targets = loss_N.sum(), int(mask_T.sum())
+        sums = LossSums(loss=loss_sum.item(), targets=targets,
+                        metrics={name: float(values_N.detach().sum()) for name, values_N in metrics.items()})
         # The aux loss is a per-micro-batch mean; weighting it by the micro-batch's target count makes
         # the step's total the target-weighted mean over the global batch. Computed even for an empty
         # placeholder (weight 0): under ZeRO-3 every rank must run the same graph, or the ranks'

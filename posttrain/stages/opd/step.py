@@ -57,11 +57,12 @@ class StepResult:
     skipped: bool
     padding: dict[str, float] = field(default_factory=dict)  # rollout_pad_frac / teacher_pad_frac where they pad
     router: dict = field(default_factory=dict)  # expert_imbalance / expert_load per layer
+    loss_metrics: dict = field(default_factory=dict)  # the loss's own, per response token
 
     def metrics(self) -> dict:
         """The metrics record (without `skipped`, which the loop counts)."""
-        record = {k: v for k, v in vars(self).items() if k not in ("skipped", "padding", "router")}
-        return {**record, **self.padding, **self.router}
+        record = {k: v for k, v in vars(self).items() if k not in ("skipped", "padding", "router", "loss_metrics")}
+        return {**record, **self.loss_metrics, **self.padding, **self.router}
 
 
 def generate_and_score(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: TeacherGroup,
@@ -111,7 +112,7 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
         train_compute_s=result.compute_s, tokens=result.sums.tokens, tokens_per_s=result.sums.tokens / step_s,
         lr=result.lr, grad_norm=result.grad_norm, skipped=result.skipped,
         padding={**rollout.padding(prompt_lens, response_lens), **teacher.padding(prompt_lens, response_lens)},
-        router=result.router_metrics())
+        router=result.router_metrics(), loss_metrics=result.loss_metrics())
 
 
 def training_example(prompt_ids: list[int], sample: Sample, scores: Scores, inputs: tuple[str, ...]) -> tuple:

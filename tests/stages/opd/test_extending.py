@@ -15,9 +15,11 @@ from tests.helpers import FAULT_RUN, opd_config, records
 
 
 def half_reverse_kl(logits_NV, targets_N, cfg, *, sampler_logprobs, teacher_logprobs):
-    """A throw-away loss: the sampled-token reverse KL at half strength."""
-    return 0.5 * sampled_reverse_kl(logits_NV, targets_N, cfg, sampler_logprobs=sampler_logprobs,
-                                    teacher_logprobs=teacher_logprobs)
+    """A throw-away loss: the sampled-token reverse KL at half strength, and a metric of its own (the
+    share of tokens whose sampler log-prob is above the teacher's)."""
+    loss_N = 0.5 * sampled_reverse_kl(logits_NV, targets_N, cfg, sampler_logprobs=sampler_logprobs,
+                                      teacher_logprobs=teacher_logprobs)
+    return loss_N, {"above_teacher_frac": (sampler_logprobs > teacher_logprobs).float()}
 
 
 class HumbleTeacher(HFTeacherWorker):
@@ -45,6 +47,7 @@ def test_a_registered_loss_and_backend_are_used_by_name(tiny_models, undisturbed
     # On-policy at step 1 the importance ratio is 1 (to ~1e-6), so the sampled loss per token is the reverse KL.
     assert plain["loss"] == pytest.approx(plain["reverse_kl"], abs=1e-4)
     assert extended["loss"] == pytest.approx(0.5 * (plain["reverse_kl"] + 1.0), abs=1e-4)
+    assert 0 < extended["above_teacher_frac"] <= 1  # the loss's own metric, per response token
 
 
 def test_names_outside_the_tables_are_refused_before_any_work(tiny_models, tmp_path):
