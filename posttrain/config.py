@@ -222,6 +222,9 @@ class SFTConfig:
 class TeacherStage:
     path: str = REQUIRED  # local directory or hub id of the teacher
     steps: int = positive()  # optimizer steps distilled from this teacher before the next one
+    # This stage's engine backend where it differs from teacher.backend ("": teacher.backend); e.g. hf for a
+    # qwen3_next teacher that vLLM's CPU kernels cannot run (posttrain.engines.vllm.cpu_problem).
+    backend: str = ""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import deepspeed_config, make_optimizer, make_schedule, sparse_moe_block_classes
 from posttrain.train.lora import apply_lora, merged_state_dict
 from posttrain.train.results import LossSums, RankStep
-from posttrain.infra.weight_buckets import buckets
+from posttrain.train.weight_stream import SyncStats, drain, named_weights, send_weights
 
 
 def free_port() -> int:
@@ -215,14 +215,19 @@ class TrainerWorker:
             AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(tmp)
         return output_dir
 
-    def weight_buckets(self, bucket_mb: int) -> list | None:
-        """Rank 0: the current weights as object-store buckets (every rank must call, for ZeRO-3)."""
+    def send_weights(self, receivers: list, nodes: list[str], bucket_mb: float) -> SyncStats | None:
+        """Rank 0: stream the current weights (merged with LoRA) into the engine actors `receivers`
+        (`nodes`: the node each runs on), one bucket at a time; every rank must call (ZeRO-3 gathers)."""
         import ray
 
-        state = self.full_state_dict()
+        zero3 = bool(self.engine.zero_optimization_partition_weights())
+        named = named_weights(self.engine.module, zero3=zero3, lora=self.lora_cfg is not None)
         if self.rank != 0:
+            if zero3:
+                drain(named)
             return None
-        return [ray.put(bucket) for bucket in buckets(state, bucket_mb)]
+        here = ray.get_runtime_context().get_node_id()
+        return send_weights(named, receivers, [node != here for node in nodes], bucket_mb)
 
     def memory(self) -> dict:
         """This process's peak memory: host resident set (bytes) and, on a GPU, allocated device memory."""

@@ -73,8 +73,7 @@ def generate_and_score(step: int, prompts: list[Prompt], rollout: RolloutGroup, 
     samples = rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
     rollout_s, timer = time.perf_counter() - timer, time.perf_counter()
     # 2. Score: the teacher's log-probs (temperature 1) of exactly those tokens.
-    topk = cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
-    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=topk)
+    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=teacher_topk(cfg))
     return Generated(samples, scores, rollout_s, time.perf_counter() - timer)
 
 
@@ -94,10 +93,9 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
     result = trainer.train_step(pack(examples, cfg.data.pack_tokens), loss, cfg.loss)
     train_s, timer = time.perf_counter() - timer, time.perf_counter()
 
-    # 4. Sync: the new student weights to the rollout engines, in buckets (queued behind the
-    #    generation in flight when working ahead).
-    weights = trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
-    ahead.sync(weights) if ahead else rollout.update_weights(weights)
+    # 4. Sync: the trainer streams the new student weights into the rollout engines, one bucket at a
+    #    time (queued behind the generation in flight when working ahead).
+    ahead.sync(rollout.update_weights) if ahead else rollout.update_weights()
     sync_s = time.perf_counter() - timer
 
     samples, step_s = got.samples, time.perf_counter() - started
@@ -113,6 +111,11 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
         lr=result.lr, grad_norm=result.grad_norm, skipped=result.skipped,
         padding={**rollout.padding(prompt_lens, response_lens), **teacher.padding(prompt_lens, response_lens)},
         router=result.router_metrics(), loss_metrics=result.loss_metrics())
+
+
+def teacher_topk(cfg: OPDConfig) -> int:
+    """The teacher's top-k log-probs per position that the loss needs (0: none)."""
+    return cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
 
 
 def training_example(prompt_ids: list[int], sample: Sample, scores: Scores, inputs: tuple[str, ...]) -> tuple:

@@ -1,0 +1,124 @@
+"""The trainer's weights as a stream of (name, tensor), gathered one module at a time, and sent to engines.
+
+The rollout engines want plain weights under the base model's names. Building them as a state dict
+on rank 0 (DeepSpeed's consolidated ZeRO-3 state dict, then a LoRA-merged copy, then the buckets)
+held the model three times in host memory: ~100 GB for the card's 17B student. Here nothing is
+built whole: `named_weights` walks the modules in order and yields each one's own tensors — under
+ZeRO-3 inside `GatheredParameters` of that module only (every rank walks in lockstep, as the gather
+is a collective); a LoRA-adapted module is gathered whole and yields base + B·A under the base
+names (peft's `get_delta_weight`, as `posttrain.train.lora.merged_state_dict`). `send_weights` copies
+the stream into one bucket at a time (`posttrain.infra.weight_buckets`) and hands each to every
+engine before the next is filled, so rank 0's host memory holds one bucket and one gathered module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from posttrain.infra.weight_buckets import SharedBucket, fill_buckets, update_info
+from posttrain.train.lora import base_name, is_adapter
+
+
+@contextlib.contextmanager
+def _gathered(params: list, zero3: bool):
+    if zero3 and params:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def named_weights(module: torch.nn.Module, zero3: bool, lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(base-model name, tensor) for every parameter and persistent buffer, tied ones once.
+
+    A yielded tensor is only valid until the next item (under ZeRO-3 its module is released then): copy it.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    model = module.get_base_model() if lora else module
+    sent: set[int] = set()
+    skip: tuple[str, ...] = ()  # the modules inside a LoRA layer already yielded whole
+    for prefix, sub in model.named_modules():
+        if skip and (prefix + ".").startswith(skip):
+            continue
+        if lora and isinstance(sub, LoraLayer):
+            skip = (prefix + ".",)
+            yield from _merged(prefix, sub, zero3, sent)
+            continue
+        own = [(n, p) for n, p in sub.named_parameters(recurse=False) if id(p) not in sent]
+        sent.update(id(p) for _, p in own)
+        buffers = [(n, b) for n, b in sub.named_buffers(recurse=False) if n not in sub._non_persistent_buffers_set]
+        with _gathered([p for _, p in own], zero3):
+            for name, tensor in own + buffers:
+                yield base_name(f"{prefix}.{name}" if prefix else name), tensor.detach()
+
+
+def _merged(prefix: str, layer, zero3: bool, sent: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
+    """A LoRA layer's base tensors with every adapter's delta added (nested adapters included), the
+    adapters themselves left out: what the merged model holds under the base names."""
+    from peft.tuners.lora import LoraLayer
+
+    params = list(layer.parameters())
+    with _gathered(params, zero3), torch.no_grad():
+        deltas: dict[str, torch.Tensor] = {}
+        for name, sub in [(prefix, layer)] + [(f"{prefix}.{n}", m) for n, m in layer.named_modules() if n]:
+            if isinstance(sub, LoraLayer):
+                target = base_name(name) + "." + getattr(sub, "parameter_name", "weight")
+                delta = sum(sub.get_delta_weight(key) for key in sub.active_adapters)
+                deltas[target] = deltas.get(target, 0) + delta.float()
+        for name, param in layer.named_parameters():
+            if is_adapter(name) or id(param) in sent:
+                continue
+            sent.add(id(param))
+            key = base_name(f"{prefix}.{name}")
+            yield key, (param.float() + deltas[key]).to(param.dtype) if key in deltas else param.detach()
+
+
+@dataclass
+class SyncStats:
+    """What one weight sync moved, as rank 0 saw it."""
+
+    tensors: int
+    bytes: int
+    buckets: int
+    largest_bucket_bytes: int
+
+
+def send_weights(named: Iterator[tuple[str, torch.Tensor]], receivers: list, remote: list[bool],
+                 bucket_mb: float) -> SyncStats:
+    """Rank 0: stream `named` into `receivers` (engine actors) one bucket at a time, as vLLM's
+    weight-transfer protocol runs a sync: `start_weight_update`, `update_weights(info)` per bucket,
+    `finish_weight_update` (which raises on an engine where a name was not loaded or a parameter got
+    nothing). A bucket is a /dev/shm file for the receivers on this node; those on other nodes
+    (`remote`) get it through Ray's object store, put once per bucket.
+    """
+    import ray
+
+    stats = SyncStats(0, 0, 0, 0)
+    ray.get([r.start_weight_update.remote() for r in receivers])
+    for bucket in fill_buckets(named, bucket_mb, SharedBucket.create):
+        ref = ray.put(bucket.buffer[:bucket.nbytes]) if any(remote) else None
+        try:
+            ray.get([r.update_weights.remote(update_info(bucket, ref if far else None))
+                     for r, far in zip(receivers, remote)])
+        finally:
+            SharedBucket.remove(bucket.shm_name)
+            del ref
+        stats.tensors += len(bucket)
+        stats.bytes += bucket.nbytes
+        stats.buckets += 1
+        stats.largest_bucket_bytes = max(stats.largest_bucket_bytes, bucket.buffer.size)
+    ray.get([r.finish_weight_update.remote() for r in receivers])
+    return stats
+
+
+def drain(named: Iterator) -> None:
+    """Ranks other than 0: walk the stream for its ZeRO-3 gathers (collectives), sending nothing."""
+    for _ in named:
+        pass
