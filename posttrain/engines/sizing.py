@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from posttrain.config import OPDConfig
+from posttrain.losses import LOSSES
 
 VLLM_DEFAULT_MAX_LOGPROBS = 20
 
@@ -37,8 +38,13 @@ def rollout_size(cfg: OPDConfig) -> EngineSize:
                       max_num_seqs=math.ceil(samples / cfg.rollout.num_workers), dtype=cfg.model.dtype)
 
 
-def teacher_size(cfg: OPDConfig, topk: int) -> EngineSize:
-    """`topk`: the top-k log-probs per position the loss needs from the teacher (0: none)."""
+def teacher_topk(cfg: OPDConfig) -> int:
+    """The teacher's top-k log-probs per position that the loss needs (0: none)."""
+    return cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
+
+
+def teacher_size(cfg: OPDConfig) -> EngineSize:
+    topk = teacher_topk(cfg) if cfg.loss.mode in LOSSES else 0  # an unknown mode is refused by the checks
     samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
     return EngineSize(tensor_parallel=max(1, cfg.teacher.gpus_per_worker),
                       max_model_len=cfg.data.max_prompt_len + cfg.rollout.max_new_tokens + 1,

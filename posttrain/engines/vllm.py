@@ -32,7 +32,6 @@ import torch
 from posttrain.config import RolloutConfig, TeacherConfig
 from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Sample, Scores
-from posttrain.infra.weight_buckets import SharedBucket
 
 EXTENSION = "posttrain.engines.vllm_sync.WeightSyncExtension"
 SHM_BACKEND = "posttrain_shm"  # registered by posttrain.engines.vllm_sync in every vLLM worker
@@ -219,18 +218,8 @@ class VLLMRolloutWorker(_VLLMWorker):
         self.llm.start_weight_update()
 
     def update_weights(self, info: dict) -> None:
-        """One bucket: a /dev/shm file every worker process of the engine maps by name; a bucket that came
-        through the object store (from another node) is put into this node's /dev/shm first."""
-        copy = None
-        if "object_ref" in info:
-            import ray
-
-            copy = info = SharedBucket.write(ray.get(info["object_ref"]), info["entries"])
-        try:
-            self.llm.update_weights({"update_info": info})
-        finally:
-            if copy is not None:
-                SharedBucket.remove(copy["shm_name"])
+        """One bucket: a /dev/shm file that every worker process of the engine maps by name."""
+        self.llm.update_weights({"update_info": info})
 
     def finish_weight_update(self) -> None:
         """Ends the reload session; raises where a sent name was not loaded or a parameter got nothing."""

@@ -8,10 +8,11 @@ filled, so the sender's host memory holds one bucket, never the model (`fill_buc
 
 Where the bucket lives is the transport. On the sender's node it is a file in /dev/shm, mapped by
 the sender as it fills it and by every engine (hf, vLLM, each vLLM worker process) that loads it:
-one copy of the bytes on the node, the file's name on the wire (`SharedBucket`, `update_info`). An
-engine on another node gets the same bucket through Ray's object store, which moves it to each node
-once (`update_info(..., remote=True)`), not once per engine. The wire format is a dict that vLLM's
-msgpack-based `collective_rpc` carries as it is: {"shm_name", "entries"} or {"object_ref", "entries"}.
+one copy of the bytes on the node, the file's name on the wire (`SharedBucket`, `update_info`).
+For engines on other nodes the sender puts the bucket into Ray's object store once; a `Relay` on each
+such node copies it into that node's /dev/shm, so it crosses the network once per node and is copied
+once per node, not per engine. The wire format is a dict that vLLM's msgpack-based `collective_rpc`
+carries as it is: {"shm_name", "entries"}.
 """
 
 from __future__ import annotations
@@ -159,33 +160,46 @@ class SharedBucket:
                 with contextlib.suppress(BufferError):  # a view still alive: the map goes with it
                     mapped.close()
 
-    @staticmethod
-    def write(buffer: np.ndarray, entries: list) -> dict:
-        """Copy a received buffer (an object-store bucket on another node) into this node's /dev/shm,
-        for engines that read buckets by name (vLLM's worker processes)."""
-        bucket = SharedBucket.create(buffer.size)
-        bucket.buffer[:] = buffer
-        return {"shm_name": bucket.shm_name, "entries": entries}
 
 
-def update_info(bucket: FlatBucket, remote_ref=None) -> dict:
-    """What travels to an engine for one bucket: the /dev/shm file's name (same node) or an object
-    ref to it (`remote_ref`: put once in Ray's object store for the engines on other nodes)."""
-    if remote_ref is not None:
-        return {"object_ref": remote_ref, "entries": bucket.wire_entries()}
+def update_info(bucket: FlatBucket) -> dict:
+    """What travels to an engine for one bucket: the /dev/shm file's name on its node, and the table."""
     return {"shm_name": bucket.shm_name, "entries": bucket.wire_entries()}
 
 
 @contextlib.contextmanager
 def received(info: dict) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """The (name, tensor) views of one received bucket while the block runs, whichever transport brought it."""
-    if "object_ref" in info:
-        import ray
+    """The (name, tensor) views of one received bucket (`update_info`) while the block runs."""
+    with SharedBucket.mapped(info["shm_name"]) as buffer:
+        yield list(views(buffer, info["entries"]))
 
-        yield list(views(ray.get(info["object_ref"]), info["entries"]))
-    else:
-        with SharedBucket.mapped(info["shm_name"]) as buffer:
-            yield list(views(buffer, info["entries"]))
+
+class Relay:
+    """A Ray actor on a node other than the sender's (no CPU of its own): it takes each bucket from the
+    object store (Ray moves it to the node once) into the node's /dev/shm, where every engine of the
+    node loads it by name, and removes it after."""
+
+    def stage(self, buffer: np.ndarray, entries: list) -> dict:
+        bucket = SharedBucket.create(buffer.size)
+        bucket.buffer[:] = buffer
+        return {"shm_name": bucket.shm_name, "entries": entries}
+
+    def drop(self, shm_name: str) -> None:
+        SharedBucket.remove(shm_name)
+
+
+_relays: dict[str, object] = {}
+
+
+def relay_on(node_id: str):
+    """This process's relay on `node_id` (made on first use, kept for later syncs)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if node_id not in _relays:
+        _relays[node_id] = ray.remote(Relay).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+    return _relays[node_id]
 
 
 @torch.no_grad()

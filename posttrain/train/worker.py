@@ -226,8 +226,7 @@ class TrainerWorker:
             if zero3:
                 drain(named)
             return None
-        here = ray.get_runtime_context().get_node_id()
-        return send_weights(named, receivers, [node != here for node in nodes], bucket_mb)
+        return send_weights(named, receivers, nodes, ray.get_runtime_context().get_node_id(), bucket_mb)
 
     def memory(self) -> dict:
         """This process's peak memory: host resident set (bytes) and, on a GPU, allocated device memory."""

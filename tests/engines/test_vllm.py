@@ -55,10 +55,13 @@ def token_logprobs(model, prompt: list[int], response: list[int]) -> torch.Tenso
 
 def sync(model, worker, bucket_mb: float = 0.5, extra=(), drop=()):
     """The trainer's streaming sync, from `model`'s weights (`extra` tensors added, `drop` names left out)."""
+    import ray
+
     from posttrain.train.weight_stream import named_weights, send_weights
 
     named = [(n, t) for n, t in named_weights(model, zero3=False, lora=False) if n not in drop] + list(extra)
-    return send_weights(iter(named), [worker], [False], bucket_mb)
+    node = ray.get(worker.node_id.remote())
+    return send_weights(iter(named), [worker], [node], node, bucket_mb)
 
 
 def test_vllm_teacher_log_probs_and_top_k_equal_the_hf_teachers(tiny_models, ray_local, prompts):

@@ -11,6 +11,7 @@ from posttrain.config import OPDConfig
 from posttrain.data.packing import pack
 from posttrain.data.prompts import Prompt
 from posttrain.engines.group import RolloutGroup, TeacherGroup
+from posttrain.engines.sizing import teacher_topk
 from posttrain.engines.types import Sample, Scores
 from posttrain.losses import LOSSES
 from posttrain.stages.opd.ahead import Ahead
@@ -111,11 +112,6 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
         lr=result.lr, grad_norm=result.grad_norm, skipped=result.skipped,
         padding={**rollout.padding(prompt_lens, response_lens), **teacher.padding(prompt_lens, response_lens)},
         router=result.router_metrics(), loss_metrics=result.loss_metrics())
-
-
-def teacher_topk(cfg: OPDConfig) -> int:
-    """The teacher's top-k log-probs per position that the loss needs (0: none)."""
-    return cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
 
 
 def training_example(prompt_ids: list[int], sample: Sample, scores: Scores, inputs: tuple[str, ...]) -> tuple:

@@ -21,7 +21,7 @@ from posttrain.infra.cluster import placement_nodes
 from posttrain.stages.driver import RunDir
 from posttrain.stages.opd.ahead import Ahead, oversubscription
 from posttrain.stages.opd.colocate import Colocation
-from posttrain.stages.opd.step import generate_and_score, teacher_topk
+from posttrain.stages.opd.step import generate_and_score
 from posttrain.train.group import TrainerGroup
 from posttrain.train.weight_stream import SyncStats
 
@@ -66,7 +66,7 @@ class OPDWorkers(Closing):
             stage = self.cfg.teachers[index]
             self.teacher = TeacherGroup(stage.path, self.cfg.teacher, self.cfg.model.trust_remote_code,
                                         share=self.colocation and self.colocation.teacher,
-                                        size=teacher_size(self.cfg, teacher_topk(self.cfg)), backend_name=stage.backend)
+                                        size=teacher_size(self.cfg), backend_name=stage.backend)
             self.teacher_index = index
         return self.teacher
 
