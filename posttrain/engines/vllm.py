@@ -188,10 +188,12 @@ class VLLMRolloutWorker(_VLLMWorker):
         self.cfg = cfg
         self.psm_before = set(glob.glob("/dev/shm/psm_*"))
         self.end_ids = _end_ids(model_path, trust_remote_code)
+        shm = cfg.weight_transfer == "shm"
         self.llm = start_engine(model_path, size, num_threads, trust_remote_code, sleep_mode,
-                                cfg.gpu_memory_utilization, enable_prefix_caching=True,
-                                logprobs_mode="processed_logprobs", weight_transfer_config={"backend": SHM_BACKEND})
-        self.llm.init_weight_transfer_engine({"init_info": {}})
+                                cfg.gpu_memory_utilization, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                                weight_transfer_config={"backend": SHM_BACKEND if shm else "nccl"})
+        if shm:  # nccl: the trainer's first sync opens the NCCL group (init_weight_transfer_engine)
+            self.llm.init_weight_transfer_engine({"init_info": {}})
 
     def generate(self, prompts: list[tuple[int, list[int]]], seed: int, greedy: bool = False) -> list[Sample]:
         from vllm import SamplingParams
@@ -213,13 +215,18 @@ class VLLMRolloutWorker(_VLLMWorker):
                 samples.append(Sample(index, ids, logps, truncated=completion.finish_reason == "length"))
         return samples
 
-    # The weight sync, in vLLM's weight-transfer protocol (posttrain.train.weight_stream.send_weights).
+    # The weight sync, in vLLM's weight-transfer protocol (posttrain.train.weight_stream): this actor is what
+    # vLLM's RayVLLMWeightSyncClient drives, so the trainer side of vLLM's nccl backend works with it as is.
+    def init_weight_transfer_engine(self, request) -> None:
+        self.llm.init_weight_transfer_engine(request)
+
     def start_weight_update(self) -> None:
         self.llm.start_weight_update()
 
-    def update_weights(self, info: dict) -> None:
-        """One bucket: a /dev/shm file that every worker process of the engine maps by name."""
-        self.llm.update_weights({"update_info": info})
+    def update_weights(self, info) -> None:
+        """One bucket: a /dev/shm file that every worker process of the engine maps by name (posttrain_shm);
+        or vLLM's own update request (nccl: names, dtypes and shapes; the bytes come by broadcast)."""
+        self.llm.update_weights(info if hasattr(info, "update_info") else {"update_info": info})
 
     def finish_weight_update(self) -> None:
         """Ends the reload session; raises where a sent name was not loaded or a parameter got nothing."""

@@ -130,7 +130,7 @@ class WeightSyncExtension:
 
     def weight_sync_report(self) -> dict:
         """The last sync's verdict in this worker: names sent but not loaded, parameters never loaded."""
-        return dict(self.weight_transfer_engine.report)
+        return dict(getattr(self.weight_transfer_engine, "report", {"not_loaded": [], "missing": []}))
 
 
 try:

@@ -71,6 +71,8 @@ CONSTANTS = {
     "sync_pcie_bytes_per_s": Constant(25e9, "assumed: device<->host copy, about half of PCIe Gen5 x16"),
     "sync_memcpy_bytes_per_s": Constant(10e9, "assumed: host memcpy into fresh /dev/shm pages (one thread)"),
     "sync_object_store_bytes_per_s": Constant(5e9, "assumed: Ray object transfer to one other node (TCP, ~40 Gb/s)"),
+    "sync_nccl_bytes_per_s": Constant(20e9, "assumed: vLLM's packed NCCL broadcast, trainer rank 0 -> every engine "
+                                            "(rollout.weight_transfer: nccl)"),
     "mean_prompt_frac": Constant(0.25, "assumed: mean prompt = 25% of data.max_prompt_len"),
     "mean_response_frac": Constant(0.25, "assumed: mean response = 25% of rollout.max_new_tokens "
                                          "(the longest response still sets the rollout's tail)"),
@@ -306,16 +308,22 @@ def _split(cfg, gpus: int, colocated: bool, opd: bool) -> dict[str, int]:
 
 
 def _sync_time(cfg, student: Shape, split: dict, zero_stage: int, colocated: bool) -> tuple[float, str]:
-    """The weight sync as posttrain.train.weight_stream runs it, bucket after bucket, nothing overlapped:
-    (ZeRO-3 gather) + device->host into a /dev/shm bucket + per other node holding engines, the object
-    store's transfer + its relay's copy, then the engines' host->device loads (all engines at once)."""
+    """The weight sync as posttrain.train.weight_stream runs it for `rollout.weight_transfer`. shm: bucket after
+    bucket, nothing overlapped: (ZeRO-3 gather) + device->host into a /dev/shm bucket + per other node
+    holding engines, the object store's transfer + its relay's copy, then the engines' host->device loads
+    (all engines at once). nccl: (ZeRO-3 gather) + one broadcast to every engine."""
     c = {k: CONSTANTS[k].value for k in ("sync_gather_bytes_per_s", "sync_pcie_bytes_per_s", "sync_memcpy_bytes_per_s",
-                                         "sync_object_store_bytes_per_s")}
+                                         "sync_object_store_bytes_per_s", "sync_nccl_bytes_per_s")}
     nbytes = 2 * student.total  # bf16
+    gather = nbytes / c["sync_gather_bytes_per_s"] if zero_stage == 3 else 0.0
+    if cfg.rollout.weight_transfer == "nccl":
+        return gather + nbytes / c["sync_nccl_bytes_per_s"], (
+            f"{nbytes / 1e9:.1f} GB of bf16 weights: ZeRO-3 gather {gather:.1f} s + vLLM's NCCL broadcast "
+            f"{nbytes / c['sync_nccl_bytes_per_s']:.1f} s")
     per_node = max(1, cfg.cluster.gpus_per_node)
     # Disaggregated, the engines sit on nodes of their own (rank 0 is on a trainer node); colocated, on all.
     other_nodes = math.ceil(split["trainer"] / per_node) - 1 if colocated else math.ceil(split["rollout"] / per_node)
-    terms = {"ZeRO-3 gather": nbytes / c["sync_gather_bytes_per_s"] if zero_stage == 3 else 0.0,
+    terms = {"ZeRO-3 gather": gather,
              "to host /dev/shm": nbytes / c["sync_pcie_bytes_per_s"] + nbytes / c["sync_memcpy_bytes_per_s"],
              f"object store to {other_nodes} node(s) + relay copy": other_nodes * nbytes / c["sync_object_store_bytes_per_s"]
              + (nbytes / c["sync_memcpy_bytes_per_s"] if other_nodes else 0.0),

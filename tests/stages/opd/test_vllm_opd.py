@@ -14,16 +14,16 @@ STAGES = (15, 10)  # checkpoints at 8, 15 (end of stage 1), 16, 24, 25; a stop a
 RUN = ("checkpoint.every=8", "rollout.backend=vllm", "teacher.backend=vllm")
 
 
-def vllm_config(tiny_models, out, *overrides, student=None) -> OPDConfig:
-    cfg = opd_config(tiny_models, out, STAGES, *RUN, *overrides, student=student)
+def vllm_config(tiny_models, out, *overrides) -> OPDConfig:
+    cfg = opd_config(tiny_models, out, STAGES, *RUN, *overrides)
     cfg.teachers[1].backend = load_config(OPDConfig, TINY_OPD).teachers[1].backend  # hf, as the tiny config says
     return cfg
 
 
 @pytest.fixture(scope="module")
-def vllm_run(tiny_models, sft_run, tmp_path_factory):
+def vllm_run(tiny_models, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("opd-vllm") / "run"
-    run_opd(vllm_config(tiny_models, out, student=sft_run / "final"))
+    run_opd(vllm_config(tiny_models, out))
     return out
 
 
@@ -37,12 +37,12 @@ def test_opd_with_vllm_engines_lowers_the_reverse_kl_in_each_stage(vllm_run):
     assert all(r["sync_s"] > 0 and "rollout_pad_frac" not in r for r in rows)  # vLLM pads nothing
 
 
-def test_a_vllm_run_stopped_mid_stage_resumes_exactly(tiny_models, sft_run, vllm_run, tmp_path):
+def test_a_vllm_run_stopped_mid_stage_resumes_exactly(tiny_models, vllm_run, tmp_path):
     """Stopped after step 18 (second teacher), resumed: fresh engines synced to the checkpoint's weights
     sample with the same per-prompt seeds, so the run ends on the uninterrupted run's weights."""
     out = tmp_path / "resumed"
-    run_opd(vllm_config(tiny_models, out, "trainer.stop_after_step=18", student=sft_run / "final"))
-    run_opd(vllm_config(tiny_models, out, student=sft_run / "final"), resume=True)
+    run_opd(vllm_config(tiny_models, out, "trainer.stop_after_step=18"))
+    run_opd(vllm_config(tiny_models, out), resume=True)
     assert [r["reverse_kl"] for r in records(out)] == [r["reverse_kl"] for r in records(vllm_run)]
     assert prompt_ids(out) == prompt_ids(vllm_run)
     assert same_weights(vllm_run, out)
@@ -55,4 +55,6 @@ def test_what_vllm_cannot_do_on_a_cpu_is_refused_before_any_work(tiny_models, tm
         run_opd(opd_config(tiny_models, tmp_path / "a", (1, 1), *RUN))  # --teacher flags: no stage backend
     with pytest.raises(ConfigError, match=r"rollout.colocate with vLLM engines needs GPUs: vLLM has no sleep mode on a CPU"):
         run_opd(opd_config(tiny_models, tmp_path / "b", (1,), "rollout.backend=vllm", "rollout.colocate=true"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match=r"rollout.weight_transfer=nccl is vLLM's NCCL engine: it needs rollout.backend=vllm on GPUs"):
+        run_opd(opd_config(tiny_models, tmp_path / "c", (1,), "rollout.backend=vllm", "rollout.weight_transfer=nccl"))
+    assert not any((tmp_path / name).exists() for name in "abc")
