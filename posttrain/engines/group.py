@@ -66,6 +66,13 @@ class EngineGroup(Closing):
         self.asleep = False
 
     def close(self) -> None:
+        """Free the workers and their devices; a backend with a `close` (vLLM: shut the engine down, and its
+        shared-memory queues with it) gets to run it first."""
+        if hasattr(self.worker_cls, "close"):
+            import ray
+
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get([w.close.remote() for w in self.workers], timeout=60)
         release(self.workers, self.placement)
 
 

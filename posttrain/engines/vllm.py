@@ -111,8 +111,9 @@ def start_engine(model_path: str, size: EngineSize, num_threads: int, trust_remo
         else:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_thread_binding(size.tensor_parallel))
         args.update(enforce_eager=True, kv_cache_memory_bytes=_cpu_kv_cache_bytes(model_path, size, trust_remote_code))
-    else:
-        args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
+    else:  # several GPUs per engine: vLLM's own worker processes over the actor's GPUs (not Ray actors of its own)
+        args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode,
+                    distributed_executor_backend="mp" if size.tensor_parallel > 1 else None)
     from vllm import LLM
 
     return LLM(**args)

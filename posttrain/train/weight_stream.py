@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 
 from posttrain.infra.weight_buckets import SharedBucket, fill_buckets, relay_on, update_info
-from posttrain.train.lora import base_name, is_adapter
+from posttrain.train.lora import adapter_delta, base_name, is_adapter
 
 
 @contextlib.contextmanager
@@ -90,8 +90,7 @@ def _lora_deltas(prefix: str, layer) -> dict[str, torch.Tensor]:
     deltas: dict[str, torch.Tensor] = {}
     for name, sub in [(prefix, layer)] + [(f"{prefix}.{n}", m) for n, m in layer.named_modules() if n]:
         if isinstance(sub, LoraLayer):
-            target = base_name(name) + "." + getattr(sub, "parameter_name", "weight")
-            delta = sum(sub.get_delta_weight(key) for key in sub.active_adapters)
+            target, delta = adapter_delta(name, sub)
             deltas[target] = deltas.get(target, 0) + delta.float()
     return deltas
 
