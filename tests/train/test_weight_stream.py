@@ -1,12 +1,16 @@
 """The trainer's weight sync streams: module by module (ZeRO-3 gathers included), one bucket alive at a
 time, so rank 0's host memory grows by about one bucket during a sync, not by copies of the model."""
 
+import os
+
+import pytest
 import ray
 import torch
 from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
 from posttrain.config import DeepSpeedConfig, ModelConfig, OptimConfig, RolloutConfig, TrainerConfig
 from posttrain.engines.group import RolloutGroup
+from posttrain.infra.weight_buckets import SHM_DIR, SHM_PREFIX
 from posttrain.train.group import TrainerGroup
 from posttrain.train.weight_stream import named_weights, send_weights
 
@@ -23,7 +27,8 @@ def test_named_weights_are_the_state_dict_with_the_tied_head_once(tiny_models):
 
 def test_a_bucket_reaches_engines_on_other_nodes_through_a_relay(tiny_models, ray_local):
     """The sender believes the worker is on another node: the bucket goes through the object store and the
-    relay's /dev/shm copy on the worker's node, and the worker serves the same weights."""
+    relay's /dev/shm copy on the worker's node, and the worker serves the same weights. A parameter left
+    out of a sync fails it (it would keep its old value)."""
     rollout = RolloutGroup(str(tiny_models["student"]), RolloutConfig(cpus_per_worker=0.5))
     model = AutoModelForCausalLM.from_pretrained(tiny_models["student"])
     with torch.no_grad():
@@ -35,6 +40,11 @@ def test_a_bucket_reaches_engines_on_other_nodes_through_a_relay(tiny_models, ra
         assert stats.buckets > 1
         served = ray.get(rollout.workers[0].state_dict.remote())
         assert all(torch.equal(served[k], v) for k, v in model.state_dict().items())
+        partial = ((n, t) for n, t in named_weights(model, False, False) if n != "model.norm.weight")
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"1 parameter\(s\) of the rollout model were not sent, "
+                                                              r"e.g. \['model.norm.weight'\]"):
+            send_weights(partial, rollout.workers, [node], node, 0.25)
+        assert not [f for f in os.listdir(SHM_DIR) if f.startswith(SHM_PREFIX + str(os.getpid()))]  # no bucket left
     finally:
         rollout.close()
 
