@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the tiny offline models (a few minutes on a CPU)")
     p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="the OPD stage's rollout and teacher engines (vllm: scripts/install_vllm_cpu.sh on a CPU; the "
+                        "tiny qwen3_next teacher stays on hf, which vLLM's CPU kernels cannot run)")
 
     p = sub.add_parser("eval", help="task accuracy, reverse KL to a teacher and response length of a model")
     p.add_argument("--model", required=True, help="model directory or hub id")
@@ -100,7 +103,7 @@ def cmd_opd(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    run_demo(args.output_dir)
+    run_demo(args.output_dir, backend=args.backend)
 
 
 def cmd_eval(args) -> None:

@@ -222,6 +222,9 @@ class SFTConfig:
 class TeacherStage:
     path: str = REQUIRED  # local directory or hub id of the teacher
     steps: int = positive()  # optimizer steps distilled from this teacher before the next one
+    # This stage's engine backend where it differs from teacher.backend ("": teacher.backend); e.g. hf for a
+    # qwen3_next teacher that vLLM's CPU kernels cannot run (posttrain.engines.vllm.cpu_problem).
+    backend: str = ""
 
 
 @dataclass
@@ -250,6 +253,11 @@ class RolloutConfig:
     top_p: float = 1.0
     batch_size: int = 16  # sequences generated together by one hf worker
     sync_bucket_mb: int = 512  # weight sync moves buckets of this size, not tensor by tensor
+    # How the weights travel (posttrain.train.weight_stream): "shm" — /dev/shm buckets on the trainer's node,
+    # Ray's object store once per other node; any backend, CPU or GPU. "nccl" — vLLM's NCCL weight-transfer
+    # engine from trainer rank 0's GPU to every vLLM engine (GPU, rollout.backend vllm, not colocated;
+    # written against vLLM 0.32, not run by this project's CPU tests).
+    weight_transfer: str = one_of("shm", "shm", "nccl")
     gpu_memory_utilization: float = 0.5  # vllm
     # Share the trainer's devices: rollout and teacher workers live in the trainer's placement-group
     # bundles and sleep (vLLM sleep mode; hf: weights to host memory) while the others work

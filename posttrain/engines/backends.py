@@ -1,8 +1,11 @@
 """Engine backends by name (`rollout.backend`, `teacher.backend`): the worker classes a group runs.
 
 A backend is two Ray actor classes, built as `cls(model_path, cfg, num_threads, trust_remote_code,
-sleep_mode)`:
-  rollout: `generate(prompts, seed, greedy) -> list[Sample]`, `update_weights(bucket_refs)`;
+sleep_mode, size)` (`size`: `posttrain.engines.sizing.EngineSize`, what the config asks of an engine):
+  rollout: `generate(prompts, seed, greedy) -> list[Sample]`, and the weight sync in vLLM's
+    weight-transfer protocol: `start_weight_update()`, `update_weights(info)` per bucket (`info`:
+    `posttrain.infra.weight_buckets.update_info`), `finish_weight_update()` (raises where a parameter
+    was not loaded), and `node_id()` (the Ray node: buckets reach the sender's node by /dev/shm);
   teacher: `score(sequences, topk) -> list[Scores]`;
 and both `sleep()` / `wake_up()` (colocated OPD) and a static `padding(cfg, model_path,
 trust_remote_code, prompt_lens, response_lens)` that reports the pad fraction of a step's batches

@@ -9,10 +9,12 @@ it works. `RolloutGroup` adds sampling and the weight sync; `TeacherGroup` scori
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 from posttrain.config import RolloutConfig, TeacherConfig
 from posttrain.engines.backends import backend
 from posttrain.engines.batching import shard
+from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Sample, Scores
 from posttrain.infra.closing import Closing
 from posttrain.infra.cluster import Restarts, Share, call_all, release, reserve, spawn, torch_threads
@@ -20,7 +22,7 @@ from posttrain.infra.cluster import Restarts, Share, call_all, release, reserve,
 
 class EngineGroup(Closing):
     def __init__(self, role: str, worker_cls: type, model_path: str, cfg, trust_remote_code: bool,
-                 share: Share | None):
+                 share: Share | None, size: EngineSize | None):
         """`share`: bundles shared with the trainer (`posttrain.stages.opd.colocate`); the engines can sleep."""
         self.role, self.worker_cls, self.cfg = role, worker_cls, cfg
         self.model_path, self.trust_remote_code = model_path, trust_remote_code
@@ -32,7 +34,7 @@ class EngineGroup(Closing):
             cpus, gpus, self.placement = share.cpus, share.gpus, None  # not this group's to release
         self.workers = spawn(worker_cls, share.placement if share else self.placement, cpus, gpus,
                              lambda i: (model_path, cfg, torch_threads(cfg.threads_per_worker, cpus), trust_remote_code,
-                                        share is not None),
+                                        share is not None, size or EngineSize()),
                              count=cfg.num_workers, max_restarts=cfg.max_restarts)
         self.restarts = Restarts(role, cfg.max_restarts, f"{role}.max_restarts", on_restart=self.on_restart)
 
@@ -64,22 +66,29 @@ class EngineGroup(Closing):
         self.asleep = False
 
     def close(self) -> None:
+        """Free the workers and their devices; a backend with a `close` (vLLM: shut the engine down, and its
+        shared-memory queues with it) gets to run it first."""
+        if hasattr(self.worker_cls, "close"):
+            import ray
+
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get([w.close.remote() for w in self.workers], timeout=60)
         release(self.workers, self.placement)
 
 
 class RolloutGroup(EngineGroup):
-    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False, share: Share | None = None):
+    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool = False, share: Share | None = None,
+                 size: EngineSize | None = None):
         super().__init__("rollout", backend(cfg.backend, "rollout.backend").rollout, model_path, cfg,
-                         trust_remote_code, share)
-        # Where a restarted worker gets the current student weights (its constructor loads the
-        # initial ones): set by the OPD loop to the trainer's weight buckets; None = the initial ones.
-        self.weights_source = None
+                         trust_remote_code, share, size)
+        # How the current student weights reach workers: `send(workers, nodes)` streams them in (the OPD
+        # loop sets it to the trainer's `send_weights`); a restarted worker gets them too. None: the
+        # initial weights its constructor loads.
+        self.sender: Callable[[list, list[str]], object] | None = None
 
     def on_restart(self, worker) -> None:
-        import ray
-
-        if self.weights_source is not None:
-            ray.get(worker.update_weights.remote(self.weights_source()))
+        if self.sender is not None:
+            self.update_weights([worker])
 
     def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
         """`samples_per_prompt` samples of each prompt (`greedy`: one argmax response), grouped by prompt."""
@@ -90,16 +99,20 @@ class RolloutGroup(EngineGroup):
         samples = [s for part in results for s in part]
         return sorted(samples, key=lambda s: s.prompt_index)  # stable: samples of a prompt keep their order
 
-    def update_weights(self, bucket_refs: list) -> None:
+    def update_weights(self, workers: list | None = None):
+        """The sender streams the current weights into every worker (or `workers`), one bucket at a time."""
+        workers = self.workers if workers is None else workers
         with self.working(sleep_after=False):  # awake now: sampling comes next
-            call_all(self.workers, "update_weights", bucket_refs)
+            return self.sender(workers, call_all(workers, "node_id"))
 
 
 class TeacherGroup(EngineGroup):
-    def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False, share: Share | None = None):
+    def __init__(self, model_path: str, cfg: TeacherConfig, trust_remote_code: bool = False, share: Share | None = None,
+                 size: EngineSize | None = None, backend_name: str = ""):
         # A restarted teacher reloads its (fixed) weights in its constructor: nothing to restore.
-        super().__init__("teacher", backend(cfg.backend, "teacher.backend").teacher, model_path, cfg,
-                         trust_remote_code, share)
+        # `backend_name`: the cascade stage's own backend, where it sets one (else teacher.backend).
+        name, key = (backend_name, "teachers[].backend") if backend_name else (cfg.backend, "teacher.backend")
+        super().__init__("teacher", backend(name, key).teacher, model_path, cfg, trust_remote_code, share, size)
         if self.colocated:
             self.sleep()  # loaded on the device only while it scores
 

@@ -30,6 +30,13 @@ class HFEngine:
         self.model.to(self.device)
         self.asleep = False
 
+    @staticmethod
+    def node_id() -> str:
+        """The Ray node this worker runs on (a weight sync reaches workers on the sender's node through /dev/shm)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def _check_awake(self) -> None:
         if self.asleep:
             raise RuntimeError(f"{type(self).__name__} was called while asleep; wake_up() first")

@@ -13,14 +13,15 @@ import torch
 from posttrain.config import RolloutConfig
 from posttrain.engines.batching import length_sorted_batches, rollout_padding
 from posttrain.engines.hf_engine import HFEngine
+from posttrain.engines.sizing import EngineSize
 from posttrain.engines.sampling import sample
 from posttrain.engines.types import Sample
-from posttrain.infra.weight_buckets import load_bucket
+from posttrain.infra.weight_buckets import load_tensors, received
 
 
 class HFRolloutWorker(HFEngine):
     def __init__(self, model_path: str, cfg: RolloutConfig, num_threads: int, trust_remote_code: bool = False,
-                 sleep_mode: bool = False):
+                 sleep_mode: bool = False, size: EngineSize = EngineSize()):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         super().__init__(num_threads)
@@ -38,11 +39,24 @@ class HFRolloutWorker(HFEngine):
         pad, total = rollout_padding(prompt_lens, response_lens, cfg.batch_size, cfg.num_workers, cfg.samples_per_prompt)
         return pad / max(1, total)
 
-    def update_weights(self, bucket_refs: list) -> int:
-        import ray
-
+    # The weight sync, in vLLM's weight-transfer protocol (posttrain.train.weight_stream.send_weights).
+    def start_weight_update(self) -> None:
         self._check_awake()
-        return sum(load_bucket(self.model, ray.get(ref)) for ref in bucket_refs)
+        self.received: set[str] = set()
+
+    def update_weights(self, info: dict) -> int:
+        """Copy one bucket (`posttrain.infra.weight_buckets.update_info`) into the model in place."""
+        with received(info) as named:
+            names = load_tensors(self.model, named)
+        self.received.update(names)
+        return len(names)
+
+    def finish_weight_update(self) -> None:
+        """Every parameter must have been sent: one that was not would silently keep its old value."""
+        missing = sorted({name for name, _ in self.model.named_parameters()} - self.received)
+        if missing:
+            raise RuntimeError(f"weight sync: {len(missing)} parameter(s) of the rollout model were not sent, "
+                               f"e.g. {missing[:5]}")
 
     def state_dict(self) -> dict:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

@@ -16,13 +16,14 @@ from posttrain.config import TeacherConfig
 from posttrain.data.packing import IGNORE, pack
 from posttrain.engines.batching import length_sorted_batches, teacher_padding
 from posttrain.engines.hf_engine import HFEngine
+from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Scores
 from posttrain.models.packed_attention import packable, register
 
 
 class HFTeacherWorker(HFEngine):
     def __init__(self, model_path: str, cfg: TeacherConfig, num_threads: int, trust_remote_code: bool = False,
-                 sleep_mode: bool = False):
+                 sleep_mode: bool = False, size: EngineSize = EngineSize()):
         from transformers import AutoModelForCausalLM
 
         super().__init__(num_threads)

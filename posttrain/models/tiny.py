@@ -154,8 +154,10 @@ def student_config(vocab_size: int, tokenizer):
     from transformers import Qwen3MoeConfig
 
     return Qwen3MoeConfig(
+        # head_dim 32, not hidden / heads = 24: vLLM's CPU attention takes head sizes 32, 64, 80, ... only, and
+        # the tests and the demo run the vLLM backends on these same models.
         vocab_size=vocab_size, hidden_size=96, intermediate_size=192, moe_intermediate_size=96,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
         tie_word_embeddings=True, max_position_embeddings=4096, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         router_aux_loss_coef=0.001, **_special_ids(tokenizer),

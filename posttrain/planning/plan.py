@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from posttrain.config import ConfigError, LoRAConfig, OPDConfig, SFTConfig, load_config
+from posttrain.engines.sizing import EngineSize, rollout_size, teacher_size
 from posttrain.infra.paths import resolve_path
 from posttrain.models.architectures import HUB_IDS, KNOWN, architecture_config
 from posttrain.models.params import count_parameters, train_flops_per_token
@@ -62,8 +63,16 @@ CONSTANTS = {
     "decode_bandwidth_efficiency": Constant(0.5, "assumed: share of HBM bandwidth a vLLM decode step achieves"),
     "decode_step_floor_s": Constant(0.008, "assumed: per-step latency floor of vLLM decode (launches, sampling, "
                                            "scheduling) for a 28-48 layer model with CUDA graphs"),
-    "sync_bytes_per_s": Constant(20e9, "assumed: bucketed bf16 weight broadcast trainer -> rollout (NCCL); "
-                                      "the CPU path moves buckets through Ray's object store instead"),
+    # The weight sync as the code runs it (posttrain.train.weight_stream): per bucket, in turn, ZeRO-3
+    # gathers a module onto rank 0's GPU, copies it to the host into a /dev/shm bucket, Ray's object store
+    # moves the bucket to each other node holding engines, a relay there copies it into that node's
+    # /dev/shm, and every engine loads it to its GPU.
+    "sync_gather_bytes_per_s": Constant(50e9, "assumed: ZeRO-3 all-gather of one module into rank 0 (NVLink/IB)"),
+    "sync_pcie_bytes_per_s": Constant(25e9, "assumed: device<->host copy, about half of PCIe Gen5 x16"),
+    "sync_memcpy_bytes_per_s": Constant(10e9, "assumed: host memcpy into fresh /dev/shm pages (one thread)"),
+    "sync_object_store_bytes_per_s": Constant(5e9, "assumed: Ray object transfer to one other node (TCP, ~40 Gb/s)"),
+    "sync_nccl_bytes_per_s": Constant(20e9, "assumed: vLLM's packed NCCL broadcast, trainer rank 0 -> every engine "
+                                            "(rollout.weight_transfer: nccl)"),
     "mean_prompt_frac": Constant(0.25, "assumed: mean prompt = 25% of data.max_prompt_len"),
     "mean_response_frac": Constant(0.25, "assumed: mean response = 25% of rollout.max_new_tokens "
                                          "(the longest response still sets the rollout's tail)"),
@@ -298,6 +307,32 @@ def _split(cfg, gpus: int, colocated: bool, opd: bool) -> dict[str, int]:
     return {"trainer": trainer_gpus, "rollout": rollout_gpus, "teacher": teacher_gpus}
 
 
+def _sync_time(cfg, student: Shape, split: dict, zero_stage: int, colocated: bool) -> tuple[float, str]:
+    """The weight sync as posttrain.train.weight_stream runs it for `rollout.weight_transfer`. shm: bucket after
+    bucket, nothing overlapped: (ZeRO-3 gather) + device->host into a /dev/shm bucket + per other node
+    holding engines, the object store's transfer + its relay's copy, then the engines' host->device loads
+    (all engines at once). nccl: (ZeRO-3 gather) + one broadcast to every engine."""
+    c = {k: CONSTANTS[k].value for k in ("sync_gather_bytes_per_s", "sync_pcie_bytes_per_s", "sync_memcpy_bytes_per_s",
+                                         "sync_object_store_bytes_per_s", "sync_nccl_bytes_per_s")}
+    nbytes = 2 * student.total  # bf16
+    gather = nbytes / c["sync_gather_bytes_per_s"] if zero_stage == 3 else 0.0
+    if cfg.rollout.weight_transfer == "nccl":
+        return gather + nbytes / c["sync_nccl_bytes_per_s"], (
+            f"{nbytes / 1e9:.1f} GB of bf16 weights: ZeRO-3 gather {gather:.1f} s + vLLM's NCCL broadcast "
+            f"{nbytes / c['sync_nccl_bytes_per_s']:.1f} s")
+    per_node = max(1, cfg.cluster.gpus_per_node)
+    # Disaggregated, the engines sit on nodes of their own (rank 0 is on a trainer node); colocated, on all.
+    other_nodes = math.ceil(split["trainer"] / per_node) - 1 if colocated else math.ceil(split["rollout"] / per_node)
+    terms = {"ZeRO-3 gather": gather,
+             "to host /dev/shm": nbytes / c["sync_pcie_bytes_per_s"] + nbytes / c["sync_memcpy_bytes_per_s"],
+             f"object store to {other_nodes} node(s) + relay copy": other_nodes * nbytes / c["sync_object_store_bytes_per_s"]
+             + (nbytes / c["sync_memcpy_bytes_per_s"] if other_nodes else 0.0),
+             "engines load": nbytes / c["sync_pcie_bytes_per_s"]}
+    how = (f"{nbytes / 1e9:.1f} GB of bf16 weights in {cfg.rollout.sync_bucket_mb} MB /dev/shm buckets: "
+           + ", ".join(f"{k} {v:.1f} s" for k, v in terms.items() if v))
+    return sum(terms.values()), how
+
+
 def _opd_plan(cfg, student: Shape, gpu: GPU, split: dict, colocated: bool, capacity: float,
               train_flops_factor: float) -> tuple[list[dict], dict]:
     """The rollout and teacher groups' memory, and the time of an OPD step by phase."""
@@ -310,26 +345,28 @@ def _opd_plan(cfg, student: Shape, gpu: GPU, split: dict, colocated: bool, capac
     train_tokens = seqs * mean_len
     train_flops = train_flops_per_token(student.config, mean_len) * train_flops_factor
     train_s = train_tokens * train_flops / (trainer_gpus * gpu.peak_bf16_flops * CONSTANTS["train_mfu"].value)
-    # rollout: one engine per rollout.gpus_per_worker GPUs
-    tp = max(1, cfg.rollout.gpus_per_worker)
+    # rollout: one engine per rollout.gpus_per_worker GPUs (tensor parallel), sized as the engines are
+    rollout_engine = rollout_size(cfg)
+    tp = rollout_engine.tensor_parallel
     per_engine = math.ceil(seqs / max(1, rollout_gpus // tp))
-    rm = inference_memory(student, tp, per_engine, longest, mean_prompt + mean_resp // 2,
+    rm = inference_memory(student, tp, per_engine, rollout_engine.max_model_len, mean_prompt + mean_resp // 2,
                           cfg.rollout.gpu_memory_utilization, capacity, prompt_logprobs=False)
-    groups = [_inference_group("rollout", student, rollout_gpus, tp, rm, capacity, cfg.rollout.gpu_memory_utilization,
-                               colocated)]
+    groups = [_inference_group("rollout", student, rollout_gpus, rollout_engine, rm, capacity,
+                               cfg.rollout.gpu_memory_utilization, colocated)]
     rollout_s, rollout_note = _rollout_time(student, gpu, tp, per_engine, rm["max_concurrent"], mean_prompt, mean_resp,
                                             cfg.rollout.max_new_tokens)
     teacher_s_by_stage = []
     for i, stage in enumerate(cfg.teachers):
         shape = resolve_shape(stage.path, trust_remote_code=cfg.model.trust_remote_code)
-        ttp = max(1, cfg.teacher.gpus_per_worker)
-        tm_i = inference_memory(shape, ttp, math.ceil(seqs / max(1, teacher_gpus // ttp)), longest, longest,
-                                cfg.teacher.gpu_memory_utilization, capacity, prompt_logprobs=True)
-        groups.append(_inference_group(f"teacher {i + 1}", shape, teacher_gpus, ttp, tm_i, capacity,
+        teacher_engine = teacher_size(cfg)
+        ttp = teacher_engine.tensor_parallel
+        tm_i = inference_memory(shape, ttp, math.ceil(seqs / max(1, teacher_gpus // ttp)), teacher_engine.max_model_len,
+                                longest, cfg.teacher.gpu_memory_utilization, capacity, prompt_logprobs=True)
+        groups.append(_inference_group(f"teacher {i + 1}", shape, teacher_gpus, teacher_engine, tm_i, capacity,
                                        cfg.teacher.gpu_memory_utilization, colocated))
         flops = seqs * mean_len * forward_flops_per_token(shape, mean_len)
         teacher_s_by_stage.append((stage.steps, flops / (teacher_gpus * gpu.peak_bf16_flops * CONSTANTS["prefill_mfu"].value)))
-    sync_s = 2 * student.total / CONSTANTS["sync_bytes_per_s"].value
+    sync_s, sync_how = _sync_time(cfg, student, split, cfg.deepspeed.zero_stage, colocated)
     steps = sum(s for s, _ in teacher_s_by_stage)
     mean_teacher_s = sum(s * t for s, t in teacher_s_by_stage) / max(1, steps)
     step_s = rollout_s + mean_teacher_s + train_s + sync_s
@@ -341,7 +378,7 @@ def _opd_plan(cfg, student: Shape, gpu: GPU, split: dict, colocated: bool, capac
                     + ", ".join(f"teacher {i + 1} {t:.1f} s" for i, (_, t) in enumerate(teacher_s_by_stage))},
             {"phase": "train", "s": train_s,
              "how": f"{train_tokens:,} tokens x {train_flops / 1e9:.2f} GFLOP/token at train_mfu over {trainer_gpus} GPUs"},
-            {"phase": "weight sync", "s": sync_s, "how": f"{2 * student.total / 1e9:.1f} GB of bf16 weights at sync_bytes_per_s"},
+            {"phase": "weight sync", "s": sync_s, "how": sync_how},
         ],
         "step_s": step_s, "steps": steps, "total_h": step_s * steps / 3600,
         "card_step_s": CARD["opd_hours"] * 3600 / CARD["opd_steps"], "card_total_h": CARD["opd_hours"],
@@ -372,10 +409,10 @@ def _group(name: str, model: str, gpus: int, mem: dict, capacity: float, keys) -
             "cpu_offloaded": mem.get("cpu_offloaded", 0.0), "note": ""}
 
 
-def _inference_group(name: str, shape: Shape, gpus: int, tp: int, mem: dict, capacity: float, utilization: float,
-                     colocated: bool) -> dict:
+def _inference_group(name: str, shape: Shape, gpus: int, engine: EngineSize, mem: dict, capacity: float,
+                     utilization: float, colocated: bool) -> dict:
     """Fits when the weights, the runtime and one longest sequence's KV fit in the engine's share."""
-    usable = utilization * capacity
+    usable, tp = utilization * capacity, engine.tensor_parallel
     rows = {"weights": mem["weights"], "runtime": mem["runtime"], "kv_one_longest": mem["kv_one_longest"]}
     total = sum(rows.values())
     note = (f"KV for all its sequences at mean length: {mem['kv_all_sequences'] / GiB:.1f} GiB; "
@@ -384,12 +421,14 @@ def _inference_group(name: str, shape: Shape, gpus: int, tp: int, mem: dict, cap
         # Tensor parallelism splits the weights, the KV heads and the logits; its size must divide the heads.
         need = math.ceil(total / usable * tp)
         need_tp = next(d for d in range(need, shape.q_heads + 1) if shape.q_heads % d == 0) if need <= shape.q_heads else need
+        key = "rollout" if name == "rollout" else "teacher"
         note = (f"does not fit one engine of {tp} GPU(s): needs tensor parallel >= {need_tp} GPUs per engine "
-                "(the vllm backend does not set tensor_parallel_size yet: one GPU per engine), or smaller weights "
-                "(e.g. FP8); ") + note
+                f"({key}.gpus_per_worker={need_tp}), or smaller weights (e.g. FP8); ") + note
     return {"group": name, "model": shape.name, "gpus": gpus, "rows": rows, "total": total, "capacity": usable,
             "fits": total <= usable, "short": max(0.0, total - usable), "cpu_offloaded": 0.0,
-            "note": f"engine of {tp} GPU(s), gpu_memory_utilization {utilization}; " + note}
+            "tensor_parallel": tp, "max_model_len": engine.max_model_len,
+            "note": f"engines of tensor_parallel_size {tp}, max_model_len {engine.max_model_len:,}, "
+                    f"gpu_memory_utilization {utilization}; " + note}
 
 
 def _colocated_group(groups: list[dict], capacity: float) -> dict:

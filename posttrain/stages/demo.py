@@ -16,7 +16,9 @@ TINY_SFT = "configs/tiny/sft.yaml"
 TINY_OPD = "configs/tiny/opd.yaml"
 
 
-def run_demo(output_dir: str | Path) -> None:
+def run_demo(output_dir: str | Path, backend: str = "hf") -> None:
+    """`backend`: the OPD engines (rollout and teacher), hf or vllm; a cascade stage that sets its own
+    backend in the tiny config (the qwen3_next teacher: hf) keeps it."""
     out = Path(output_dir)
     rows = []
     started = time.perf_counter()
@@ -25,7 +27,8 @@ def run_demo(output_dir: str | Path) -> None:
     rows += stage_rows("sft", out / "sft", final, time.perf_counter() - started, "loss")
 
     started = time.perf_counter()
-    opd_cfg = load_config(OPDConfig, resolve_path(TINY_OPD), [f"output_dir={out / 'opd'}", f"model.path={final}"])
+    opd_cfg = load_config(OPDConfig, resolve_path(TINY_OPD), [f"output_dir={out / 'opd'}", f"model.path={final}",
+                                                              f"rollout.backend={backend}", f"teacher.backend={backend}"])
     opd_final = run_opd(opd_cfg, overwrite=True)
     rows += stage_rows("opd", out / "opd", opd_final, time.perf_counter() - started, "reverse_kl")
     print_summary(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from posttrain.config import DeepSpeedConfig, LoRAConfig, LossConfig, ModelConfig, OptimConfig, TrainerConfig
 from posttrain.data.packing import PackedBatch, distribute
 from posttrain.infra import faults
@@ -10,6 +12,7 @@ from posttrain.infra.cluster import (Share, WorkerFailure, default_cpus_per_work
                                      torch_threads)
 from posttrain.losses import Loss
 from posttrain.train.results import TrainStep
+from posttrain.train.weight_stream import SyncStats
 from posttrain.train.worker import TrainerWorker
 
 
@@ -23,6 +26,9 @@ class TrainerGroup(Closing):
         self.num_workers = trainer.num_workers
         self.pad_id = pad_id
         self.broken = False  # a worker died: the ranks left are stuck in a collective, only kill them
+        # Calls reach the ranks from the driver and from the OPD pipeline's thread (a weight sync): each
+        # call is submitted to every rank at once, so all ranks run their collectives in one order.
+        self.submitting = threading.Lock()
         if share is None:
             cpus, gpus = trainer.cpus_per_worker or default_cpus_per_worker(self.num_workers), trainer.gpus_per_worker
             self.placement = reserve("trainer", self.num_workers, cpus, gpus, trainer.placement)
@@ -45,7 +51,9 @@ class TrainerGroup(Closing):
         return {"strategy": self.strategy, "workers": [{"rank": r, "node_id": n} for r, n in enumerate(self.node_ids)]}
 
     def _all(self, method: str, *args, **kwargs) -> list:
-        return self._get([getattr(w, method).remote(*args, **kwargs) for w in self.workers], method)
+        with self.submitting:
+            refs = [getattr(w, method).remote(*args, **kwargs) for w in self.workers]
+        return self._get(refs, method)
 
     def _get(self, refs: list, method: str) -> list:
         """The ranks' results; a dead rank stops the run (one DeepSpeed world cannot lose a member
@@ -65,7 +73,8 @@ class TrainerGroup(Closing):
 
         global_targets = sum(b.num_loss_tokens for b in batches)
         shards = distribute(batches, self.num_workers, self.pad_id)
-        refs = [w.train_step.remote(shard, loss, global_targets, loss_cfg) for w, shard in zip(self.workers, shards)]
+        with self.submitting:
+            refs = [w.train_step.remote(shard, loss, global_targets, loss_cfg) for w, shard in zip(self.workers, shards)]
         if faults.fires_on_call("kill_trainer_worker"):
             ray.kill(self.workers[0])
         return TrainStep.of(self._get(refs, "train_step"), global_targets, micro_batches=len(shards[0]))
@@ -83,8 +92,10 @@ class TrainerGroup(Closing):
         """Each worker's peak memory (`TrainerWorker.memory`)."""
         return self._all("memory")
 
-    def weight_buckets(self, bucket_mb: int) -> list:
-        return self._all("weight_buckets", bucket_mb)[0]
+    def send_weights(self, receivers: list, nodes: list[str], bucket_mb: float, transfer: str = "shm",
+                     engine_ranks: int = 0) -> SyncStats:
+        """Stream the current weights into the engine actors `receivers` (`TrainerWorker.send_weights`)."""
+        return self._all("send_weights", receivers, nodes, bucket_mb, transfer, engine_ranks)[0]
 
     def close(self) -> None:
         """Leave the process group on every rank, then free the actors and their reservation."""

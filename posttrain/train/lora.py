@@ -44,6 +44,13 @@ def is_adapter(name: str) -> bool:
     return ".lora_" in name
 
 
+def adapter_delta(name: str, layer) -> tuple[str, torch.Tensor]:
+    """The base-model name of the tensor LoRA layer `name` adapts, and its delta: peft's `get_delta_weight`
+    (scaled B·A) summed over the active adapters (the layer's parameters gathered, under ZeRO-3)."""
+    return base_name(name) + "." + getattr(layer, "parameter_name", "weight"), \
+        sum(layer.get_delta_weight(key) for key in layer.active_adapters)
+
+
 @torch.no_grad()
 def merged_state_dict(peft_model, state: dict[str, torch.Tensor] | None, zero3: bool) -> dict[str, torch.Tensor] | None:
     """`state` (the PeftModel's full state dict on rank 0, None on other ranks) as the merged base model's.
@@ -56,15 +63,14 @@ def merged_state_dict(peft_model, state: dict[str, torch.Tensor] | None, zero3: 
     for name, module in peft_model.get_base_model().named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        target = base_name(name) + "." + getattr(module, "parameter_name", "weight")
         if zero3:
             import deepspeed
 
             # ParamWrapper also reads its (partitioned) base parameter for the delta's shape.
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                delta = sum(module.get_delta_weight(key) for key in module.active_adapters)
+                target, delta = adapter_delta(name, module)
         else:
-            delta = sum(module.get_delta_weight(key) for key in module.active_adapters)
+            target, delta = adapter_delta(name, module)
         if state is not None:
             deltas[target] = delta.detach().float().cpu()
     if state is None:

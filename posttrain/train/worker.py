@@ -25,7 +25,7 @@ from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import deepspeed_config, make_optimizer, make_schedule, sparse_moe_block_classes
 from posttrain.train.lora import apply_lora, merged_state_dict
 from posttrain.train.results import LossSums, RankStep
-from posttrain.infra.weight_buckets import buckets
+from posttrain.train.weight_stream import SyncStats, drain, named_weights, nccl_sender, send_weights
 
 
 def free_port() -> int:
@@ -215,14 +215,28 @@ class TrainerWorker:
             AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(tmp)
         return output_dir
 
-    def weight_buckets(self, bucket_mb: int) -> list | None:
-        """Rank 0: the current weights as object-store buckets (every rank must call, for ZeRO-3)."""
+    def send_weights(self, receivers: list, nodes: list[str], bucket_mb: float, transfer: str = "shm",
+                     engine_ranks: int = 0) -> SyncStats | None:
+        """Rank 0: stream the current weights (merged with LoRA) into the engine actors `receivers`
+        (`nodes`: the node each runs on), one bucket at a time; every rank must call (ZeRO-3 gathers).
+        `transfer` "nccl": vLLM's NCCL weight-transfer engine instead (`engine_ranks`: the engines' workers)."""
         import ray
 
-        state = self.full_state_dict()
+        zero3 = bool(self.engine.zero_optimization_partition_weights())
+        lora = self.lora_cfg is not None
+        if transfer == "nccl":
+            key = tuple(r._actor_id.hex() for r in receivers)
+            if getattr(self, "nccl", (None,))[0] != key:  # the first sync, or engines restarted: a new group
+                address = (ray.util.get_node_ip_address(), free_port())
+                self.nccl = key, nccl_sender(self.engine.module, zero3, lora, receivers, engine_ranks, self.rank, address)
+            self.nccl[1].send_weights()
+            return SyncStats() if self.rank == 0 else None
+        named = named_weights(self.engine.module, zero3=zero3, lora=lora)
         if self.rank != 0:
+            if zero3:
+                drain(named)
             return None
-        return [ray.put(bucket) for bucket in buckets(state, bucket_mb)]
+        return send_weights(named, receivers, nodes, ray.get_runtime_context().get_node_id(), bucket_mb)
 
     def memory(self) -> dict:
         """This process's peak memory: host resident set (bytes) and, on a GPU, allocated device memory."""

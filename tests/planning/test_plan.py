@@ -80,3 +80,41 @@ def test_levers_move_the_terms_they_should():
     resident = trainer["rows"]["weights"] + trainer["rows"]["gradients"] + trainer["rows"]["optimizer"]
     assert peak["total"] == pytest.approx(max(trainer["total"], resident + engine))
     assert peak["total"] < trainer["total"] + 2 * engine  # taking turns, not the sum of the three
+
+
+def test_the_plans_engines_are_the_ones_the_run_starts():
+    """The plan sizes the inference engines as posttrain.engines.sizing does for the run: tensor parallel =
+    gpus_per_worker, max_model_len = prompt + response budget (+1 for a teacher's throw-away token)."""
+    from posttrain.engines.sizing import rollout_size, teacher_size
+
+    def groups(cfg):
+        return {g["group"]: g for g in plan(cfg, 64, GPUS["h100"])["groups"]}
+
+    cfg = load_config(OPDConfig, OPD)
+    as_configured = groups(cfg)
+    assert as_configured["rollout"]["max_model_len"] == rollout_size(cfg).max_model_len == 10_240
+    assert as_configured["teacher 2"]["max_model_len"] == teacher_size(cfg).max_model_len == 10_241
+    next_80b = as_configured["teacher 2"]
+    assert next_80b["tensor_parallel"] == cfg.teacher.gpus_per_worker
+    assert next_80b["fits"] == (next_80b["tensor_parallel"] >= 4)  # the config and the plan agree either way
+    if not next_80b["fits"]:
+        assert "needs tensor parallel >= 4 GPUs per engine (teacher.gpus_per_worker=4)" in next_80b["note"]
+    four = groups(load_config(OPDConfig, OPD, ["teacher.gpus_per_worker=4", "teacher.num_workers=4"]))
+    assert four["teacher 2"]["tensor_parallel"] == 4 and four["teacher 2"]["fits"]
+
+
+def test_the_weight_sync_time_is_the_transport_the_code_runs():
+    """Rank 0 gathers (ZeRO-3) into /dev/shm buckets; the rollout engines' 2 nodes get each bucket through
+    the object store and a relay's copy; every engine loads it: bf16 bytes over each leg's bandwidth."""
+    from posttrain.planning.plan import CONSTANTS
+
+    p = plan(load_config(OPDConfig, OPD), 64, GPUS["h100"])
+    sync = next(ph for ph in p["time"]["phases"] if ph["phase"] == "weight sync")
+    nbytes, c = 2 * 17.25e9, {k: v.value for k, v in CONSTANTS.items()}
+    legs = (1 / c["sync_gather_bytes_per_s"] + 2 / c["sync_pcie_bytes_per_s"] + 2 / c["sync_memcpy_bytes_per_s"]
+            + 2 / c["sync_object_store_bytes_per_s"])
+    assert sync["s"] == pytest.approx(nbytes * legs, rel=0.01)
+    assert "/dev/shm buckets" in sync["how"] and "object store to 2 node(s)" in sync["how"]
+    nccl = plan(load_config(OPDConfig, OPD, ["rollout.weight_transfer=nccl"]), 64, GPUS["h100"])
+    sync = next(ph for ph in nccl["time"]["phases"] if ph["phase"] == "weight sync")
+    assert sync["s"] == pytest.approx(nbytes * (1 / c["sync_gather_bytes_per_s"] + 1 / c["sync_nccl_bytes_per_s"]), rel=0.01)

@@ -60,7 +60,8 @@ def test_lora_trains_only_the_adapters_and_syncs_merged_weights(tiny_models, ray
     lora = LoRAConfig(enabled=True, rank=4, alpha=8, target_parameters=["mlp.experts.down_proj"])
     trainer = TrainerGroup(ModelConfig(path=str(path)), TrainerConfig(cpus_per_worker=1, freeze_router=True),
                            OptimConfig(lr=1e-2, schedule="constant"), DeepSpeedConfig(), 2, pad_id=0, lora=lora)
-    rollout = RolloutGroup(str(path), RolloutConfig(sync_bucket_mb=1, cpus_per_worker=0.5))
+    rollout = RolloutGroup(str(path), RolloutConfig(cpus_per_worker=0.5))
+    rollout.sender = lambda workers, nodes: trainer.send_weights(workers, nodes, bucket_mb=1)
     try:
         assert 0 < trainer.trainable_params < trainer.num_params / 10
         for _ in range(2):
@@ -90,7 +91,7 @@ def test_lora_trains_only_the_adapters_and_syncs_merged_weights(tiny_models, ray
             else:
                 assert torch.equal(tensor, bases[key])
 
-        rollout.update_weights(trainer.weight_buckets(1))
+        rollout.update_weights()  # streamed: each adapted module merged as it is sent
         served = ray.get(rollout.workers[0].state_dict.remote())
         assert all(torch.equal(merged[k], served[k]) for k in merged)
     finally:

@@ -5,7 +5,8 @@ the trainer steps. Here one background thread drives the rollout and teacher gro
 
     generate+score(t)   sync(w[t-1])   generate+score(t+1)   sync(w[t])   generate+score(t+2) ...
 
-while the loop trains step t on the driver thread. Step t+1's samples therefore come from the
+while the loop trains step t on the driver thread (once sync(w[t-1]) has streamed the weights out of
+the trainer: training starts after `take`, which waits for it). Step t+1's samples therefore come from the
 weights before step t (one step stale); the sampled-token loss's clipped importance ratio
 `exp(log π_train − log π_sampler)` corrects for exactly that lag (slime's `--async` and verl's
 one-step-off-policy trainer make the same trade). Every call to the rollout group goes through this
@@ -39,14 +40,20 @@ class Ahead:
             self.pending[step] = self.pool.submit(self.generate_and_score, step, prompts, self.rollout, teacher, cfg)
 
     def take(self, step: int):
-        """Step `step`'s samples and scores (waits for them; re-raises what went wrong making them)."""
-        return self.pending.pop(step).result()
-
-    def sync(self, weight_buckets: list) -> None:
-        """Queue the new weights for the rollout workers: they load them after the generation in flight."""
+        """Step `step`'s samples and scores (waits for them; re-raises what went wrong making them), once
+        the weight sync queued behind them has read the trainer's weights: training may change them now."""
+        got = self.pending.pop(step).result()
         if self.synced is not None:
-            self.synced.result()  # the previous sync, queued before the generation just taken: done, or raises
-        self.synced = self.pool.submit(self.rollout.update_weights, weight_buckets)
+            self.synced.result()
+        return got
+
+    def sync(self, update_weights: Callable[[], object]) -> None:
+        """Queue a weight sync (`update_weights()`: the trainer streams its weights into the rollout
+        workers) behind the generation in flight; the next `take` waits for it, so it streams exactly
+        the weights of the step just trained, with no copy of them held meanwhile."""
+        if self.synced is not None:
+            self.synced.result()  # the previous sync: done, or raises
+        self.synced = self.pool.submit(update_weights)
 
     def drain(self) -> None:
         """Wait until everything queued is done: the rollout workers hold the newest weights, nothing runs."""

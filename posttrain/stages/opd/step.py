@@ -11,6 +11,7 @@ from posttrain.config import OPDConfig
 from posttrain.data.packing import pack
 from posttrain.data.prompts import Prompt
 from posttrain.engines.group import RolloutGroup, TeacherGroup
+from posttrain.engines.sizing import teacher_topk
 from posttrain.engines.types import Sample, Scores
 from posttrain.losses import LOSSES
 from posttrain.stages.opd.ahead import Ahead
@@ -73,8 +74,7 @@ def generate_and_score(step: int, prompts: list[Prompt], rollout: RolloutGroup, 
     samples = rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
     rollout_s, timer = time.perf_counter() - timer, time.perf_counter()
     # 2. Score: the teacher's log-probs (temperature 1) of exactly those tokens.
-    topk = cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
-    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=topk)
+    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=teacher_topk(cfg))
     return Generated(samples, scores, rollout_s, time.perf_counter() - timer)
 
 
@@ -94,10 +94,9 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
     result = trainer.train_step(pack(examples, cfg.data.pack_tokens), loss, cfg.loss)
     train_s, timer = time.perf_counter() - timer, time.perf_counter()
 
-    # 4. Sync: the new student weights to the rollout engines, in buckets (queued behind the
-    #    generation in flight when working ahead).
-    weights = trainer.weight_buckets(cfg.rollout.sync_bucket_mb)
-    ahead.sync(weights) if ahead else rollout.update_weights(weights)
+    # 4. Sync: the trainer streams the new student weights into the rollout engines, one bucket at a
+    #    time (queued behind the generation in flight when working ahead).
+    ahead.sync(rollout.update_weights) if ahead else rollout.update_weights()
     sync_s = time.perf_counter() - timer
 
     samples, step_s = got.samples, time.perf_counter() - started

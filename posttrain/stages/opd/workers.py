@@ -15,6 +15,7 @@ from posttrain.config import OPDConfig
 from posttrain.eval.run import task_accuracy
 from posttrain.eval.tasks import TaskExample
 from posttrain.engines.group import RolloutGroup, TeacherGroup
+from posttrain.engines.sizing import rollout_size, teacher_size
 from posttrain.infra.closing import Closing
 from posttrain.infra.cluster import placement_nodes
 from posttrain.stages.driver import RunDir
@@ -22,6 +23,7 @@ from posttrain.stages.opd.ahead import Ahead, oversubscription
 from posttrain.stages.opd.colocate import Colocation
 from posttrain.stages.opd.step import generate_and_score
 from posttrain.train.group import TrainerGroup
+from posttrain.train.weight_stream import SyncStats
 
 
 class OPDWorkers(Closing):
@@ -34,19 +36,22 @@ class OPDWorkers(Closing):
             self.trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=pad_id,
                                         lora=cfg.lora, share=share and share.trainer)
             self.rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code,
-                                        share=share and share.rollout)
+                                        share=share and share.rollout, size=rollout_size(cfg))
         except BaseException:
             self.close()  # a failed start must not keep its devices reserved
             raise
-        # A rollout worker that Ray restarted is given the trainer's current weights before its work is redone.
-        self.rollout.weights_source = self.weight_buckets
+        # Every weight sync streams from the trainer into the rollout workers (a worker that Ray restarted
+        # too, before its work is redone).
+        self.rollout.sender = self.send_weights
         if cfg.rollout.async_steps:  # the next step is sampled and scored while this one trains
             self.ahead = Ahead(self.rollout, generate_and_score)
             if warning := oversubscription(cfg, os.cpu_count() or 1):
                 print(warning, flush=True)
 
-    def weight_buckets(self) -> list:
-        return self.trainer.weight_buckets(self.cfg.rollout.sync_bucket_mb)
+    def send_weights(self, receivers: list, nodes: list[str]) -> SyncStats:
+        rollout = self.cfg.rollout
+        return self.trainer.send_weights(receivers, nodes, rollout.sync_bucket_mb, rollout.weight_transfer,
+                                         len(receivers) * rollout_size(self.cfg).tensor_parallel)
 
     def placement_record(self) -> dict:
         colocated = self.colocation is not None
@@ -60,15 +65,17 @@ class OPDWorkers(Closing):
         if index != self.teacher_index:
             if self.teacher is not None:
                 self.teacher.close()
-            self.teacher = TeacherGroup(self.cfg.teachers[index].path, self.cfg.teacher, self.cfg.model.trust_remote_code,
-                                        share=self.colocation and self.colocation.teacher)
+            stage = self.cfg.teachers[index]
+            self.teacher = TeacherGroup(stage.path, self.cfg.teacher, self.cfg.model.trust_remote_code,
+                                        share=self.colocation and self.colocation.teacher,
+                                        size=teacher_size(self.cfg), backend_name=stage.backend)
             self.teacher_index = index
         return self.teacher
 
     def resume(self, run: RunDir, checkpoint_dir) -> None:
         """The trainer from its checkpoint, and the rollout engines synced to it."""
         self.trainer.load_checkpoint(str(run.checkpoints), checkpoint_dir.name)
-        self.rollout.update_weights(self.weight_buckets())
+        self.rollout.update_weights()
 
     def save(self, run: RunDir, state: dict) -> None:
         run.save(lambda tag: self.trainer.save_checkpoint(str(run.checkpoints), tag), state, keep=self.cfg.checkpoint.keep)

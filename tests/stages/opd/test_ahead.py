@@ -41,7 +41,7 @@ def test_each_step_samples_from_the_weights_one_step_older_and_syncs_never_overt
                 ahead.prepare(step + 1, None, None, None)  # while this step trains
             taken_step, used[step] = ahead.take(step)
             assert taken_step == step
-            ahead.sync(step)  # "weights after step"
+            ahead.sync(lambda version=step: rollout.update_weights(version))  # "weights after step"
         ahead.drain()
     finally:
         ahead.close()

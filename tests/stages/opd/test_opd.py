@@ -114,26 +114,28 @@ def test_a_worker_dying_past_its_restarts_stops_the_run_with_a_checkpoint(tiny_m
 
 
 def test_rollout_weights_equal_the_trainers_after_a_sync(tiny_models, ray_local):
+    """Under ZeRO-3 (gathered module by module) the trainer streams its weights into the rollout worker
+    in several buckets; the served weights are then the trainer's exactly."""
     from posttrain.config import OptimConfig, RolloutConfig
     from posttrain.data.packing import pack
     from posttrain.engines.group import RolloutGroup
     from posttrain.losses import LOSSES
     from posttrain.train.group import TrainerGroup
 
-    cfg = config(tiny_models, "unused")
+    cfg = config(tiny_models, "unused", (6, 6), "deepspeed.zero_stage=3")
     trainer = TrainerGroup(cfg.model, cfg.trainer, OptimConfig(lr=1e-2, schedule="constant"), cfg.deepspeed, 1, pad_id=0)
-    rollout = RolloutGroup(cfg.model.path, RolloutConfig(sync_bucket_mb=1))
+    rollout = RolloutGroup(cfg.model.path, RolloutConfig())
+    rollout.sender = lambda workers, nodes: trainer.send_weights(workers, nodes, bucket_mb=1)
     try:
         ids = list(range(10, 40))
         extras = {"sampler_logprobs": torch.full((30,), -3.0), "teacher_logprobs": torch.full((30,), -1.0)}
         trainer.train_step(pack([(ids, [0] * 10 + [1] * 20, extras)], 256), LOSSES["sampled"], cfg.loss)
-        refs = trainer.weight_buckets(1)
-        assert len(refs) > 1  # several buckets, not one tensor per call nor one blob
-        rollout.update_weights(refs)
+        stats = rollout.update_weights()
+        assert stats.buckets > 1 and stats.largest_bucket_bytes <= 2**20  # several buckets, not one blob
         trained = trainer._all("full_state_dict")[0]
         served = ray.get(rollout.workers[0].state_dict.remote())
-        assert any(not torch.equal(trained[k], load_file(f"{cfg.model.path}/model.safetensors")[k])
-                   for k in trained if k in load_file(f"{cfg.model.path}/model.safetensors"))
+        initial = load_file(f"{cfg.model.path}/model.safetensors")
+        assert any(not torch.equal(trained[k], initial[k]) for k in trained if k in initial)
         assert all(torch.equal(trained[k], served[k]) for k in trained)
     finally:
         rollout.close()

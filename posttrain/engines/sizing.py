@@ -1,0 +1,52 @@
+"""How big each inference engine is, from the run's config (vLLM needs it said; hf ignores what it needn't).
+
+- `tensor_parallel`: the group's devices per engine (`rollout|teacher.gpus_per_worker`): Qwen3-Next-80B's
+  bf16 weights alone are ~160 GB, so a teacher engine spans 4+ GPUs.
+- `max_model_len`: the longest sequence the run can make, prompt budget + response budget; without
+  it vLLM sizes for the model's own context (262k for Qwen3-30B-A3B), which one GPU's KV budget refuses.
+  A teacher scores a whole prompt + response and generates one throw-away token: one more.
+- `max_logprobs`: vLLM refuses more log-probs per position than this (default 20): the teacher's
+  top-k (`loss.topk`) where the loss asks for it.
+- `max_num_seqs`: the sequences one engine holds at once: its share of a step's samples.
+- `dtype`: the rollout samples in the trainer's dtype, so the importance ratio starts at 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from posttrain.config import OPDConfig
+from posttrain.losses import LOSSES
+
+VLLM_DEFAULT_MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class EngineSize:
+    tensor_parallel: int = 1
+    max_model_len: int = 0  # 0: the model's own context length
+    max_logprobs: int = VLLM_DEFAULT_MAX_LOGPROBS
+    max_num_seqs: int = 0  # 0: the engine's default
+    dtype: str = ""  # "": the group's own (teacher.dtype) or the model's
+
+
+def rollout_size(cfg: OPDConfig) -> EngineSize:
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    return EngineSize(tensor_parallel=max(1, cfg.rollout.gpus_per_worker),
+                      max_model_len=cfg.data.max_prompt_len + cfg.rollout.max_new_tokens,
+                      max_num_seqs=math.ceil(samples / cfg.rollout.num_workers), dtype=cfg.model.dtype)
+
+
+def teacher_topk(cfg: OPDConfig) -> int:
+    """The teacher's top-k log-probs per position that the loss needs (0: none)."""
+    return cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
+
+
+def teacher_size(cfg: OPDConfig) -> EngineSize:
+    topk = teacher_topk(cfg) if cfg.loss.mode in LOSSES else 0  # an unknown mode is refused by the checks
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    return EngineSize(tensor_parallel=max(1, cfg.teacher.gpus_per_worker),
+                      max_model_len=cfg.data.max_prompt_len + cfg.rollout.max_new_tokens + 1,
+                      max_logprobs=max(VLLM_DEFAULT_MAX_LOGPROBS, topk),
+                      max_num_seqs=math.ceil(samples / cfg.teacher.num_workers), dtype=cfg.teacher.dtype)

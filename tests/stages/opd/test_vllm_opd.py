@@ -1,0 +1,60 @@
+"""OPD with vLLM rollout and teacher engines on this CPU, end to end: `posttrain opd --config
+configs/tiny/opd.yaml rollout.backend=vllm teacher.backend=vllm` as the tiny config runs it (the
+qwen3_next teacher on hf: vLLM's CPU kernels refuse it, and the run says so up front)."""
+
+import pytest
+
+from posttrain.config import ConfigError, OPDConfig, load_config
+from posttrain.stages.opd.loop import run_opd
+from tests.helpers import TINY_OPD, opd_config, prompt_ids, records, require_vllm, same_weights
+
+require_vllm()
+
+STAGES = (15, 10)  # checkpoints at 8, 15 (end of stage 1), 16, 24, 25; a stop at 18 is mid stage 2
+RUN = ("checkpoint.every=8", "rollout.backend=vllm", "teacher.backend=vllm")
+
+
+def vllm_config(tiny_models, out, *overrides) -> OPDConfig:
+    cfg = opd_config(tiny_models, out, STAGES, *RUN, *overrides)
+    cfg.teachers[1].backend = load_config(OPDConfig, TINY_OPD).teachers[1].backend  # hf, as the tiny config says
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tiny_models, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("opd-vllm") / "run"
+    run_opd(vllm_config(tiny_models, out))
+    return out
+
+
+def test_opd_with_vllm_engines_lowers_the_reverse_kl_in_each_stage(vllm_run):
+    rows = records(vllm_run)
+    assert [r["stage"] for r in rows] == [1] * STAGES[0] + [2] * STAGES[1]
+    for stage in (1, 2):
+        kl = [r["reverse_kl"] for r in rows if r["stage"] == stage]
+        assert sum(kl[-3:]) / 3 < sum(kl[:3]) / 3, kl
+    assert [r["step"] for r in rows if "eval/addition" in r] == [10, 20, 25]  # greedy eval through vLLM too
+    assert all(r["sync_s"] > 0 and "rollout_pad_frac" not in r for r in rows)  # vLLM pads nothing
+
+
+def test_a_vllm_run_stopped_mid_stage_resumes_exactly(tiny_models, vllm_run, tmp_path):
+    """Stopped after step 18 (second teacher), resumed: fresh engines synced to the checkpoint's weights
+    sample with the same per-prompt seeds, so the run ends on the uninterrupted run's weights."""
+    out = tmp_path / "resumed"
+    run_opd(vllm_config(tiny_models, out, "trainer.stop_after_step=18"))
+    run_opd(vllm_config(tiny_models, out), resume=True)
+    assert [r["reverse_kl"] for r in records(out)] == [r["reverse_kl"] for r in records(vllm_run)]
+    assert prompt_ids(out) == prompt_ids(vllm_run)
+    assert same_weights(vllm_run, out)
+
+
+def test_what_vllm_cannot_do_on_a_cpu_is_refused_before_any_work(tiny_models, tmp_path):
+    with pytest.raises(ConfigError, match=r"teachers\[1\] \(.*teacher-next\): backend 'vllm' on a CPU cannot run .*"
+                                          r"need bfloat16 and linear key/value head dims in \(64, 128\); this one is "
+                                          r"float32 with \[32\]; set that stage's backend: hf"):
+        run_opd(opd_config(tiny_models, tmp_path / "a", (1, 1), *RUN))  # --teacher flags: no stage backend
+    with pytest.raises(ConfigError, match=r"rollout.colocate with vLLM engines needs GPUs: vLLM has no sleep mode on a CPU"):
+        run_opd(opd_config(tiny_models, tmp_path / "b", (1,), "rollout.backend=vllm", "rollout.colocate=true"))
+    with pytest.raises(ConfigError, match=r"rollout.weight_transfer=nccl is vLLM's NCCL engine: it needs rollout.backend=vllm on GPUs"):
+        run_opd(opd_config(tiny_models, tmp_path / "c", (1,), "rollout.backend=vllm", "rollout.weight_transfer=nccl"))
+    assert not any((tmp_path / name).exists() for name in "abc")
