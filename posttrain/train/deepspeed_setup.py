@@ -45,6 +45,23 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, pin_memory: bool =
     return config
 
 
+def init_distributed(device_type: str) -> None:
+    """`deepspeed.init_distributed` without the shared-memory all-reduce op on a CPU.
+
+    DeepSpeed's CPU backend JIT-compiles `deepspeed_shm_comm` at init, under a lock file in
+    ~/.cache/torch_extensions that only the building process removes: one killed mid-build (a
+    Ctrl-C, a fault test, a session ended) leaves it behind, and every later run on that machine
+    waits for it forever (a CI run hung so). Training never calls the op (only DeepSpeed's
+    `inference_all_reduce` does), so it is marked incompatible and not built; gloo all-reduces.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    if device_type == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # one dict, kept by deepspeed.ops
+    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+
+
 def make_optimizer(params, optim: OptimConfig, ds: DeepSpeedConfig | None = None) -> torch.optim.Optimizer:
     """torch's AdamW; with the optimizer offloaded, DeepSpeedCPUAdam where `host_optimizer` picks it."""
     if ds is not None and host_optimizer(ds) == "deepspeed":

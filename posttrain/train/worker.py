@@ -22,7 +22,7 @@ from posttrain.infra.runlog import quiet_library_progress
 from posttrain.losses import Loss
 from posttrain.losses.router import expert_counts, load_balancing_loss
 from posttrain.models.packed_attention import register
-from posttrain.train.deepspeed_setup import deepspeed_config, make_optimizer, make_schedule, sparse_moe_block_classes
+from posttrain.train.deepspeed_setup import deepspeed_config, init_distributed, make_optimizer, make_schedule, sparse_moe_block_classes
 from posttrain.train.lora import apply_lora, merged_state_dict
 from posttrain.train.results import LossSums, RankStep
 from posttrain.train.weight_stream import SyncStats, drain, named_weights, nccl_sender, send_weights
@@ -53,7 +53,7 @@ class TrainerWorker:
 
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        init_distributed(self.device.type)
         torch.manual_seed(trainer_cfg.seed + self.rank)
         self.trainer_cfg, self.model_cfg = trainer_cfg, model_cfg
         self.lora_cfg = lora_cfg if lora_cfg is not None and lora_cfg.enabled else None
