@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from posttrain.config import OPDConfig, SFTConfig, TeacherStage, load_config
+from posttrain.config import LossConfig, OPDConfig, SFTConfig, TeacherStage, load_config
 from posttrain.data.mixture import load_mixture_spec, read_source_rows
+from posttrain.data.packing import pack
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SFT = "configs/tiny/sft.yaml"
@@ -57,6 +58,28 @@ def same_weights(a, b) -> bool:
     """Whether two runs' final/ exports hold bit-identical tensors."""
     a, b = load_file(Path(a) / "final" / "model.safetensors"), load_file(Path(b) / "final" / "model.safetensors")
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------------------
+# A packed row for the loss tests: what the trainer gets, OPD's per-token inputs included
+# --------------------------------------------------------------------------------------------------
+
+LOSS_CFG = LossConfig(topk=6)
+
+
+def packed_batch(vocab: int, seed: int = 0):
+    """Three examples in one packed row, a loss on the second half of each, and OPD's per-token inputs."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for length in (23, 31, 17):
+        ids = torch.randint(10, vocab, (length,), generator=g).tolist()
+        extras = {"sampler_logprobs": -3 * torch.rand(length, generator=g),
+                  "teacher_logprobs": -3 * torch.rand(length, generator=g),
+                  "teacher_topk_ids": torch.randint(0, vocab, (length, LOSS_CFG.topk), generator=g),
+                  "teacher_topk_logprobs": torch.log_softmax(torch.randn(length, LOSS_CFG.topk, generator=g), -1) - 0.3}
+        examples.append((ids, [0] * (length // 2) + [1] * (length - length // 2), extras))
+    (batch,) = pack(examples, 128)
+    return batch
 
 
 # --------------------------------------------------------------------------------------------------
