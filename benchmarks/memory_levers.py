@@ -194,7 +194,7 @@ def render(rows, base, config, args, gpu) -> str:
         f"{args.micro_batches} packed micro-batches x {args.tokens} tokens. Peak RSS is the worker process's "
         f"`ru_maxrss`; the floor is an idle worker that only imported torch, transformers and DeepSpeed "
         f"({base['peak_rss_bytes'] / mib:.0f} MiB). \"Formula\" is `posttrain.planning.levers.training_memory` for this "
-        "model and batch (device bytes: weights, gradients, optimizer state, activations, logits).",
+        "model and batch (device bytes: weights, gradients, optimizer state, activations, the chunked loss).",
         "",
         "| lever | trainable params | peak RSS (MiB) | over the floor (MiB) | vs baseline | "
         + ("peak GPU (MiB) | " if gpu else "") + "formula (MiB) | first-step loss | s/step |",

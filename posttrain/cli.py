@@ -16,6 +16,7 @@ from posttrain.infra.checkpoint import CheckpointWriteError
 from posttrain.infra.cluster import PlacementError, WorkerFailure
 from posttrain.infra.runlog import quiet_library_progress
 from posttrain.models.locate import require_model
+from posttrain.models.real_shape import build_real_shape
 from posttrain.models.tiny import build_tiny_suite
 from posttrain.planning.plan import plan_command
 from posttrain.stages.args import add_stage_args, split_overrides, stage_config
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="models/tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if the models exist")
+    p.add_argument("--real-shape", action="store_true",
+                   help="instead: one decoder layer of Marco-Mini's real shape and vocabulary (posttrain.models.real_shape)")
 
     add_stage_args(sub.add_parser("sft", help="supervised fine-tuning with DeepSpeed ZeRO on Ray"), "sft")
     add_stage_args(sub.add_parser("opd", help="cascaded on-policy distillation: rollout, teacher scoring, reverse-KL "
@@ -89,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_tiny(args) -> None:
+    if args.real_shape:
+        print(f"real-shape    {build_real_shape(args.output_dir, seed=args.seed)}")
+        return
     paths = build_tiny_suite(args.output_dir, seed=args.seed, force=args.force)
     for name, path in paths.items():
         print(f"{name:13s} {path}")

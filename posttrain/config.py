@@ -143,6 +143,11 @@ class TrainerConfig:
     # Recompute each decoder layer's activations in the backward pass instead of keeping them
     # (transformers' gradient checkpointing, non-reentrant): activation memory ~ one layer's, ~+30% compute.
     activation_checkpointing: bool = False
+    # The loss runs on the last hidden states at target positions only, this many at a time, each
+    # chunk's logits recomputed in backward (posttrain.losses.chunked): no whole-row logits (at vocabulary
+    # 151,936, 0.6 GB per 1,000 tokens in fp32, ~x3 with the loss's intermediates). The loss's peak is
+    # then ~2 GB at 512 whatever the row length (benchmarks/loss_memory.py); larger chunks, fewer LM-head calls.
+    loss_chunk_tokens: int = positive(512)
     # A step whose loss or gradient is not finite is skipped (no update) and counted; this many in a
     # row stop the run with a checkpoint to resume from. 0: never stop for it.
     max_nonfinite_in_a_row: int = non_negative(3)

@@ -1,5 +1,6 @@
-"""What the tests share: configs of the tiny runs, reading a run's outputs, mixture files, and a
-`posttrain` command run in its own process (killed for real by the fault tests)."""
+"""What the tests share: configs of the tiny runs, reading a run's outputs, a packed row for the loss
+tests, mixture files, and a `posttrain` command run in its own process (killed for real by the fault
+tests, its process tree's memory sampled by the real-shape test)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from posttrain.config import OPDConfig, SFTConfig, TeacherStage, load_config
+from posttrain.config import LossConfig, OPDConfig, SFTConfig, TeacherStage, load_config
 from posttrain.data.mixture import load_mixture_spec, read_source_rows
+from posttrain.data.packing import pack
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SFT = "configs/tiny/sft.yaml"
@@ -60,6 +64,28 @@ def same_weights(a, b) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# A packed row for the loss tests: what the trainer gets, OPD's per-token inputs included
+# --------------------------------------------------------------------------------------------------
+
+LOSS_CFG = LossConfig(topk=6)
+
+
+def packed_batch(vocab: int, seed: int = 0):
+    """Three examples in one packed row, a loss on the second half of each, and OPD's per-token inputs."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for length in (23, 31, 17):
+        ids = torch.randint(10, vocab, (length,), generator=g).tolist()
+        extras = {"sampler_logprobs": -3 * torch.rand(length, generator=g),
+                  "teacher_logprobs": -3 * torch.rand(length, generator=g),
+                  "teacher_topk_ids": torch.randint(0, vocab, (length, LOSS_CFG.topk), generator=g),
+                  "teacher_topk_logprobs": torch.log_softmax(torch.randn(length, LOSS_CFG.topk, generator=g), -1) - 0.3}
+        examples.append((ids, [0] * (length // 2) + [1] * (length - length // 2), extras))
+    (batch,) = pack(examples, 128)
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------
 # Mixture files for the data tests: a one-source mixture spec over a JSONL file of given lines
 # --------------------------------------------------------------------------------------------------
 
@@ -88,22 +114,71 @@ def rows(spec_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# The kill-and-resume tests: a `posttrain` command in its own process, killed for real, and a check
-# that nothing it started (Ray's GCS, raylet, workers) outlives it
+# A `posttrain` command in its own process — killed for real by the fault tests, measured by the
+# real-shape test — and a check that nothing it started (Ray's GCS, raylet, workers) outlives it
 # --------------------------------------------------------------------------------------------------
 
 
-def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`; asserts that no process it
-    started is left once it is gone, killing (by pid) any that is, so a failing test leaks nothing."""
+@dataclass
+class TreePeak:
+    """The peak memory of a process and all its descendants together, sampled while it ran."""
+
+    pss_bytes: int = 0  # proportional set sizes summed: a page k processes share counts 1/k each
+    rss_bytes: int = 0  # resident sets summed: shared pages (libraries, Ray's object store) counted in each
+    samples: int = 0
+
+
+def sample_tree(pid: int, peak: TreePeak, done: threading.Event, interval: float = 0.2) -> None:
+    """Until `done`: every `interval` s, the memory of `pid` and its descendants into `peak`."""
     import psutil
 
+    while not done.is_set():
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        pss = rss = 0
+        for proc in tree:
+            try:
+                info = proc.memory_full_info()
+            except (psutil.Error, OSError):  # gone between the listing and the read
+                continue
+            pss, rss = pss + info.pss, rss + info.rss
+        peak.pss_bytes, peak.rss_bytes = max(peak.pss_bytes, pss), max(peak.rss_bytes, rss)
+        peak.samples += 1
+        done.wait(interval)
+
+
+def run_cli(args: list[str], fault: str = "", timeout: float = 400, peak: TreePeak | None = None) -> subprocess.CompletedProcess:
+    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`; asserts that no process it
+    started is left once it is gone, killing (by pid) any that is, so a failing test leaks nothing.
+    With `peak`, the whole process tree's memory is sampled into it while the command runs."""
     mark = uuid.uuid4().hex
     env = {**os.environ, "POSTTRAIN_FAULT": fault, "POSTTRAIN_TEST_MARK": mark,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, as a user's run has
-    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, start_new_session=True)
+    with subprocess.Popen([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as popen:
+        done = threading.Event()
+        sampler = threading.Thread(target=sample_tree, args=(popen.pid, peak, done), daemon=True) if peak else None
+        if sampler:
+            sampler.start()
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            raise
+        finally:
+            done.set()
+            if sampler:
+                sampler.join()
+    _assert_nothing_left(mark)
+    return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
+
+
+def _assert_nothing_left(mark: str) -> None:
+    import psutil
 
     def leftovers():
         found = []
@@ -124,7 +199,6 @@ def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.Com
         except psutil.Error:
             pass
     assert not left, f"processes outlived the killed run: {[(p.pid, p.name()) for p in left]}"
-    return proc
 
 
 # --------------------------------------------------------------------------------------------------

@@ -198,9 +198,18 @@ def _special_ids(tokenizer) -> dict:
     }
 
 
+def generation_config(tokenizer):
+    """What the built models ship: sampling at temperature 1, stopping at <|im_end|> or <|endoftext|>."""
+    from transformers import GenerationConfig
+
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    return GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=True,
+                            temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64)
+
+
 def build_tiny_suite(output_dir: str | Path, seed: int = 0, force: bool = False) -> dict[str, Path]:
     """Build tokenizer + three models into `output_dir`; returns name -> directory."""
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     output_dir = Path(output_dir)
     paths = {name: output_dir / name for name in MODEL_NAMES}
@@ -215,7 +224,6 @@ def build_tiny_suite(output_dir: str | Path, seed: int = 0, force: bool = False)
     vocab_size = _padded_vocab(tokenizer)
     tokenizer.save_pretrained(tmp / "tokenizer")
     builders = {"student": student_config, "teacher-moe": teacher_moe_config, "teacher-next": teacher_next_config}
-    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     for offset, (name, make_config) in enumerate(builders.items()):
         torch.manual_seed(seed * 1000 + offset)
         config = make_config(vocab_size, tokenizer)
@@ -223,10 +231,7 @@ def build_tiny_suite(output_dir: str | Path, seed: int = 0, force: bool = False)
         if WARM_UP_STEPS[name]:
             loss = warm_up(model, tokenizer, WARM_UP_STEPS[name], seed=seed * 1000 + offset)
             print(f"[posttrain] warmed up {name}: {WARM_UP_STEPS[name]} steps on the SFT data, loss {loss:.3f}", flush=True)
-        model.generation_config = GenerationConfig(
-            eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=True,
-            temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64,
-        )
+        model.generation_config = generation_config(tokenizer)
         model.save_pretrained(tmp / name)
         tokenizer.save_pretrained(tmp / name)
     (tmp / "tiny_suite.json").write_text(json.dumps(

@@ -12,8 +12,14 @@ parallel size and the levers (LoRA, activation checkpointing, ZeRO-Offload, colo
   optimizer    P_t·12/N       (DeepSpeed's fp32 master partition + Adam m, v, in fp32 training too)
                               offload_optimizer: 0 on the device (P_t·12/N on the host)
   activations  T·L·a (T tokens per micro-batch, L layers, a bytes per token per layer, below)
-               activation checkpointing: T·L·h·w + T·a (layer inputs kept, one layer recomputed at a time)
-  logits       T·V·4 (fp32 log-softmax over the vocabulary; not reduced by any lever here)
+               activation checkpointing: T·L·(h·w + 4E) + T·a (each layer's input kept, and its router
+               logits, which the step returns for the aux loss and expert counts; one layer recomputed at
+               a time)
+  loss         C·V·k + 2·V·h·w + 2·T·h·w: the chunked loss (posttrain.losses.chunked) at its peak — one
+               chunk of C = trainer.loss_chunk_tokens target positions, k bytes per logit of it (measured,
+               LOSS_BYTES_PER_CHUNK_LOGIT), the LM head's weight gradient summed over the chunks (the sum
+               and one chunk's part, before ZeRO reduces it) and the hidden states at the targets with
+               their gradient. Not T·V: no whole-row logits exist.
   colocated rollout/teacher: while the trainer steps they sleep (vLLM level 1: weights and KV cache
                leave the device), so the device's peak is max(trainer, resident + rollout, resident +
                teacher) instead of the sum of all three (resident = the trainer's weights + gradients +
@@ -28,6 +34,11 @@ from __future__ import annotations
 from posttrain.config import LoRAConfig
 from posttrain.models.params import count_parameters
 from posttrain.train.lora import apply_lora
+
+# The chunked loss's peak per logit of one chunk: the recomputed chunk's logits, their fp32 log-softmax
+# and its gradient. Measured by benchmarks/loss_memory.py (CPU, fp32, V 151,936, H 1,024): 1.98 GB at
+# 512-token chunks and 2.60 GB at 1,024, of which 2·V·h·4 = 1.24 GB is the head's gradient; rounded up.
+LOSS_BYTES_PER_CHUNK_LOGIT = 12.5
 
 
 def lora_parameters(config, lora: LoRAConfig) -> int:
@@ -57,10 +68,16 @@ def activation_bytes_per_token_layer(config, w: int) -> float:
     return (attention + moe) * w + getattr(config, "num_experts", 0) * 4
 
 
+def loss_memory(config, chunk_tokens: int, tokens: int, w: int) -> float:
+    """The chunked loss's peak bytes (the `loss` term above)."""
+    h, vocab = config.hidden_size, config.vocab_size
+    return chunk_tokens * vocab * LOSS_BYTES_PER_CHUNK_LOGIT + 2 * vocab * h * w + 2 * tokens * h * w
+
+
 def training_memory(config, *, num_devices: int = 1, zero_stage: int = 2, bf16: bool = True,
                     tokens_per_micro_batch: int = 8192, lora: LoRAConfig | None = None,
                     activation_checkpointing: bool = False, offload_optimizer: bool = False,
-                    offload_params: bool = False) -> dict[str, float]:
+                    offload_params: bool = False, loss_chunk_tokens: int = 512) -> dict[str, float]:
     """Bytes on one training device, by component, and their `total`; `host` is what the offload moved."""
     n, w, tokens, layers = num_devices, (2 if bf16 else 4), tokens_per_micro_batch, config.num_hidden_layers
     total = count_parameters(config)["total"]
@@ -75,7 +92,8 @@ def training_memory(config, *, num_devices: int = 1, zero_stage: int = 2, bf16: 
     optimizer = trainable * 12 / n
     per_layer = activation_bytes_per_token_layer(config, w)
     if activation_checkpointing:
-        activations = tokens * layers * config.hidden_size * w + tokens * per_layer
+        router_logits = 4 * getattr(config, "num_experts", 0)
+        activations = tokens * layers * (config.hidden_size * w + router_logits) + tokens * per_layer
     else:
         activations = tokens * layers * per_layer
     memory = {
@@ -83,7 +101,7 @@ def training_memory(config, *, num_devices: int = 1, zero_stage: int = 2, bf16: 
         "gradients": trainable * (w + 4) / n,
         "optimizer": 0.0 if offload_optimizer else optimizer,
         "activations": activations,
-        "logits": tokens * config.vocab_size * 4,
+        "loss": loss_memory(config, loss_chunk_tokens, tokens, w),
     }
     memory["total"] = sum(memory.values())
     memory["host"] = (optimizer if offload_optimizer else 0.0) + (total * w / n if offload_params else 0.0)

@@ -182,6 +182,7 @@ class Levers:
     lora_rank: int | None = None  # None: full fine-tuning
     lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")
     colocated: bool = False  # trainer, rollout and teacher share every GPU
+    loss_chunk_tokens: int = 512  # trainer.loss_chunk_tokens: the chunked loss's target positions per chunk
 
 
 def _on(value) -> bool:
@@ -203,19 +204,21 @@ def levers_from_config(cfg) -> Levers:
         lora_rank=lora.rank if lora is not None and lora.enabled else None,
         lora_targets=tuple(lora.target_modules) if lora is not None else Levers.lora_targets,
         colocated=bool(getattr(getattr(cfg, "rollout", None), "colocate", False)),
+        loss_chunk_tokens=getattr(cfg.trainer, "loss_chunk_tokens", Levers.loss_chunk_tokens),
     )
 
 
 def trainer_memory(shape: Shape, gpus: int, micro_tokens: int, lv: Levers) -> dict[str, float]:
     """Bytes per trainer GPU, term by term: `posttrain.planning.levers.training_memory` (weights, gradients,
-    optimizer, activations, logits under ZeRO and the levers: the one memory formula of the project),
+    optimizer, activations, the chunked loss under ZeRO and the levers: the one memory formula of the project),
     plus what it leaves out: DeepSpeed's communication buffers and the framework's share."""
 
     lora = LoRAConfig(enabled=True, rank=lv.lora_rank, target_modules=list(lv.lora_targets)) if lv.lora_rank else None
     mem = training_memory(shape.config, num_devices=gpus, zero_stage=lv.zero_stage, bf16=lv.bf16,
                           tokens_per_micro_batch=micro_tokens, lora=lora,
                           activation_checkpointing=lv.activation_checkpointing,
-                          offload_optimizer=lv.offload_optimizer, offload_params=lv.offload_params and lv.zero_stage == 3)
+                          offload_optimizer=lv.offload_optimizer, offload_params=lv.offload_params and lv.zero_stage == 3,
+                          loss_chunk_tokens=lv.loss_chunk_tokens)
     w = 2 if lv.bf16 else 4
     reduce = 2 * CONSTANTS["zero_reduce_bucket"].value
     if lv.zero_stage == 3:  # the current and the prefetched layer, gathered whole (the MoE block is a leaf)
@@ -223,7 +226,7 @@ def trainer_memory(shape: Shape, gpus: int, micro_tokens: int, lv: Levers) -> di
     else:
         buffers = reduce + 2 * CONSTANTS["zero2_allgather_bucket"].value
     return {"weights": mem["weights"], "gradients": mem["gradients"], "optimizer": mem["optimizer"],
-            "activations": mem["activations"], "logits": mem["logits"], "buffers": buffers,
+            "activations": mem["activations"], "loss": mem["loss"], "buffers": buffers,
             "framework": CONSTANTS["framework_gib"].value * GiB, "cpu_offloaded": mem["host"]}
 
 
@@ -271,11 +274,15 @@ def plan(cfg, gpus: int, gpu: GPU, levers: dict | None = None) -> dict:
     split = _split(cfg, gpus, lv.colocated, opd)
     tm = trainer_memory(student, split["trainer"], cfg.data.pack_tokens, lv)
     groups = [_group("trainer", student.name, split["trainer"], tm, capacity,
-                     ("weights", "gradients", "optimizer", "activations", "logits", "buffers", "framework"))]
+                     ("weights", "gradients", "optimizer", "activations", "loss", "buffers", "framework"))]
     train_flops_factor = 8 / 6 if lv.activation_checkpointing else 1.0  # one more forward
     if opd:
         inference, time = _opd_plan(cfg, student, gpu, split, lv.colocated, capacity, train_flops_factor)
         groups += inference
+        # The weight sync streams the weights to the rollout engines one bucket at a time (ZeRO-3 gathers
+        # one layer at a time on the GPU, within `buffers`): its host memory is one bucket on rank 0.
+        groups[0]["note"] = (f"rank 0 holds one weight-sync bucket of {cfg.rollout.sync_bucket_mb} MB "
+                             "(rollout.sync_bucket_mb) in host memory while the weights stream to the rollout engines")
     else:
         time = _sft_time(cfg, student, gpu, split["trainer"], train_flops_factor)
     if lv.colocated:
@@ -486,9 +493,9 @@ def format_plan(p: dict) -> str:
              f"(trainer {c['split']['trainer']}, rollout {c['split']['rollout']}, teacher {c['split']['teacher']} GPUs)",
              "levers: " + ", ".join(f"{k}={v}" for k, v in c["levers"].items() if k != "lora_targets"), "",
              "memory per GPU (GiB)"]
-    keys = ["weights", "gradients", "optimizer", "activations", "logits", "buffers", "framework", "runtime",
+    keys = ["weights", "gradients", "optimizer", "activations", "loss", "buffers", "framework", "runtime",
             "kv_one_longest"]
-    heads = ["weights", "grads", "optim", "activ", "logits", "buffers", "framew", "runtime", "kv/seq"]
+    heads = ["weights", "grads", "optim", "activ", "loss", "buffers", "framew", "runtime", "kv/seq"]
     width = max(len(g["group"]) + len(g["model"]) + 3 for g in p["groups"])
     lines.append(f"{'group':{width}s} {'GPUs':>4s} " + " ".join(f"{h:>7s}" for h in heads)
                  + f" {'total':>7s} {'of':>6s}  fits")

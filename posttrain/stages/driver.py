@@ -12,7 +12,7 @@ from typing import Callable
 
 import yaml
 
-from posttrain.config import ClusterConfig, ModelConfig, RayConfig, TrainerConfig, to_dict
+from posttrain.config import ClusterConfig, ConfigError, ModelConfig, RayConfig, TrainerConfig, to_dict
 from posttrain.infra import checkpoint
 from posttrain.infra.cluster import check_nodes, init_ray
 from posttrain.models.locate import require_model
@@ -130,12 +130,28 @@ class NonFinite:
 
 
 def load_tokenizer(model: ModelConfig):
-    """The model's tokenizer (building the tiny suite first where the config points into it)."""
-    from transformers import AutoTokenizer
+    """The model's tokenizer (building the tiny suite first where the config points into it), checked
+    against the model's embedding."""
+    from transformers import AutoConfig, AutoTokenizer
 
     ensure_model(model.path, model.build_tiny_if_missing, model.tiny_seed)
     require_model(model.path, "model.path")
-    return AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    config = AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
+    check_vocabulary(model.path, len(tokenizer), config.get_text_config().vocab_size)
+    return tokenizer
+
+
+def check_vocabulary(path: str, tokens: int, rows: int) -> None:
+    """A tokenizer with more tokens than the embedding has rows would index past it: refused. Fewer is
+    legal — embeddings are padded past their tokenizer (Qwen3: 151,669 tokens, 151,936 rows) — but a
+    tokenizer that reaches under 90% of the rows is probably not the model's own: one line says so."""
+    if tokens > rows:
+        raise ConfigError(f"model.path {path}: its tokenizer has {tokens:,} tokens but the model's embedding only "
+                          f"{rows:,} rows; token ids {rows:,}..{tokens - 1:,} would index past it (a tokenizer of another model?)")
+    if tokens < 0.9 * rows:
+        print(f"[posttrain] note: model.path {path}: the tokenizer has {tokens:,} tokens, the embedding {rows:,} rows; "
+              f"rows {tokens:,}.. are padding no text produces (the model can still sample them)", flush=True)
 
 
 def start_ray(ray: RayConfig, cluster: ClusterConfig, address: str | None) -> None:

@@ -20,6 +20,7 @@ from posttrain.infra import faults
 from posttrain.infra.checkpoint import atomic_dir
 from posttrain.infra.runlog import quiet_library_progress
 from posttrain.losses import Loss
+from posttrain.losses.chunked import LossTotals, chunked_loss, decoder_and_head, fused_nll_kernel
 from posttrain.losses.router import expert_counts, load_balancing_loss
 from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import deepspeed_config, init_distributed, make_optimizer, make_schedule, sparse_moe_block_classes
@@ -91,6 +92,7 @@ class TrainerWorker:
         )
         del hf_ds
         self.config = model.config
+        self.decoder, self.head = decoder_and_head(self.engine.module)
         import ray
 
         numel = lambda p: p.ds_numel if hasattr(p, "ds_numel") else p.numel()  # noqa: E731
@@ -113,15 +115,14 @@ class TrainerWorker:
         sums, counts_LE = LossSums(), None
         for batch in micro_batches:
             batch = batch.to(self.device)
-            out = self.engine(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
-                              output_router_logits=True, use_cache=False)
-            loss_sum, part = self._micro_batch_loss(out, batch, loss, loss_cfg)
+            hidden_TH, router_logits = self._forward(batch)
+            loss_sum, part = self._micro_batch_loss(hidden_TH, router_logits, batch, loss, loss_cfg)
             loss_sum = _fault_nan_loss(loss_sum, self.engine.global_steps + 1)
             # DeepSpeed averages gradients over ranks; the loss is already a share of the global sum.
             self.engine.backward(loss_sum * self.world_size / max(1, global_targets), scale_wrt_gas=False)
             sums = sums + part
-            if out.router_logits and batch.num_examples:
-                c = expert_counts(out.router_logits, self.config.num_experts_per_tok).cpu()
+            if router_logits and batch.num_examples:
+                c = expert_counts(router_logits, self.config.num_experts_per_tok).cpu()
                 counts_LE = c if counts_LE is None else counts_LE + c
         lr = float(self.schedule.get_last_lr()[0])  # the rate this step applies
         if self.engine.zero_optimization_stage() == 0:
@@ -136,25 +137,58 @@ class TrainerWorker:
         return RankStep(sums, counts_LE, None if grad_norm is None else float(grad_norm), skipped, lr,
                         time.perf_counter() - start)
 
-    def _micro_batch_loss(self, out, batch: PackedBatch, loss: Loss, loss_cfg) -> tuple[torch.Tensor, LossSums]:
+    def _forward(self, batch: PackedBatch) -> tuple[torch.Tensor, tuple]:
+        """The row's last hidden states [T, H] (after the final norm: what the LM head reads) and the
+        router logits. The engine runs the whole model, so DeepSpeed's hooks see the step as always,
+        with `logits_to_keep` selecting no position: the LM head runs later, on target positions only."""
+        captured = []
+        hook = self.decoder.register_forward_hook(lambda _m, _args, out: captured.append(out.last_hidden_state))
+        try:
+            out = self.engine(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
+                              output_router_logits=True, use_cache=False,
+                              logits_to_keep=torch.zeros((1, batch.input_ids.numel()), dtype=torch.bool, device=self.device))
+        finally:
+            hook.remove()
+        return captured[-1][0], out.router_logits
+
+    def _micro_batch_loss(self, hidden_TH, router_logits, batch: PackedBatch, loss: Loss,
+                          loss_cfg) -> tuple[torch.Tensor, LossSums]:
         """The loss summed over the micro-batch's target tokens (+ the router's load-balancing term)."""
         mask_T = batch.labels != IGNORE
-        inputs = {name: batch.extras[name][mask_T] for name in loss.inputs}
-        loss_N = loss.fn(out.logits[0][mask_T], batch.labels[mask_T], loss_cfg, **inputs)
-        loss_N, metrics = loss_N if isinstance(loss_N, tuple) else (loss_N, {})
-        loss_sum, targets = loss_N.sum(), int(mask_T.sum())
+        totals = self._token_loss(hidden_TH[mask_T], batch.labels[mask_T], loss, loss_cfg,
+                                  {name: batch.extras[name][mask_T] for name in loss.inputs})
+        loss_sum, targets = totals.loss, int(mask_T.sum())
         sums = LossSums(loss=loss_sum.item(), targets=targets,
-                        metrics={name: float(values_N.detach().sum()) for name, values_N in metrics.items()})
+                        metrics={name: float(value) for name, value in totals.metrics.items()})
         # The aux loss is a per-micro-batch mean; weighting it by the micro-batch's target count makes
         # the step's total the target-weighted mean over the global batch. Computed even for an empty
         # placeholder (weight 0): under ZeRO-3 every rank must run the same graph, or the ranks'
         # recorded module traces diverge and the next all-gather hangs.
         coef = self.trainer_cfg.router_aux_loss_coef
-        if coef > 0 and out.router_logits:
-            aux = load_balancing_loss(out.router_logits, self.config.num_experts, self.config.num_experts_per_tok)
+        if coef > 0 and router_logits:
+            aux = load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok)
             loss_sum = loss_sum + coef * aux * targets
             sums.aux = aux.item() * targets
         return loss_sum, sums
+
+    def _token_loss(self, hidden_NH, targets_N, loss: Loss, loss_cfg, inputs: dict) -> LossTotals:
+        """The per-token loss at the N target positions, summed: LM head + loss in chunks
+        (posttrain.losses.chunked), or Liger's fused kernel where it applies."""
+        partitioned = self.engine.zero_optimization_partition_weights()
+        fused = fused_nll_kernel(self.head, loss, self.device, partitioned)
+        if fused is not None:
+            return fused(hidden_NH, targets_N)
+        chunk = self.trainer_cfg.loss_chunk_tokens
+        num_chunks = None
+        if partitioned and self.world_size > 1:
+            # Each head call gathers its partitioned weight (a collective): every rank makes as many
+            # calls as the rank with the most target tokens in this micro-batch.
+            import torch.distributed as dist
+
+            count = torch.tensor([-(-targets_N.numel() // chunk)], device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            num_chunks = int(count.item())
+        return chunked_loss(hidden_NH, self.head, targets_N, loss, loss_cfg, inputs, chunk, num_chunks)
 
     # ----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""A loss over hidden states, one chunk of target positions at a time: full-vocabulary logits never
+exist for a whole row.
+
+At Qwen3's vocabulary (151,936) the fp32 logits of one 8,192-token row are 5 GB, and a loss's
+intermediates (the log-softmax, the logits' gradient) about triple that. Here the trainer hands over
+the last hidden states at the positions that carry a target only, and for each chunk of
+`chunk_tokens` of them the LM head and `loss.fn` run on that chunk alone; `torch.utils.checkpoint`
+(non-reentrant) drops the chunk's logits after its forward and recomputes them in backward. The
+loss's working set is one chunk's logits and their gradient, whatever the row length
+(`benchmarks/loss_memory.py` measures it), for any loss written to the `posttrain.losses` contract:
+`loss.fn` is called per chunk and its loss and metrics are summed over the chunks.
+
+The head is called as a module, never read as `.weight`: under ZeRO-3 DeepSpeed gathers a module's
+partitioned weight in its forward hook (again when the chunk is recomputed in backward), and with tied
+embeddings the head's weight is the embedding. Each call is a collective there, so ZeRO-3 ranks must
+make the same number of calls: `num_chunks` pads a rank's chunks with empty ones.
+
+On CUDA, where Liger-Kernel is installed, the plain NLL (SFT) goes through its fused linear +
+cross-entropy Triton kernel instead (it reads the head's weight, so only where that weight is whole).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from posttrain.losses.tokens import nll
+
+
+@dataclass
+class LossTotals:
+    """A loss summed over target tokens (with its graph) and the loss's metrics summed likewise."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# Model settings that change the logits after the LM head (Gemma's soft-capping, Cohere's and Granite's
+# scaling): the chunked loss computes logits as head(last hidden state), so it refuses these models.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def decoder_and_head(module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder (whose output is the last hidden state) and the LM head of a causal LM, through a
+    peft wrapper where LoRA is on; the head is the module (the tied embedding's weight with tied embeddings)."""
+    model = module.get_base_model() if hasattr(module, "get_base_model") else module
+    config = model.config
+    transforms = [name for name in LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
+    if transforms:
+        raise ValueError(f"{config.model_type}: its logits are not lm_head(hidden) alone ({', '.join(transforms)} set); "
+                         "posttrain's chunked loss computes them so and does not support this model")
+    return model.get_decoder(), model.get_output_embeddings()
+
+
+def chunked_loss(hidden_NH: torch.Tensor, head: torch.nn.Module, targets_N: torch.Tensor, loss, cfg,
+                 inputs: dict[str, torch.Tensor], chunk_tokens: int, num_chunks: int | None = None) -> LossTotals:
+    """`loss` (a `posttrain.losses.Loss`) summed over the N target positions whose last hidden states are
+    `hidden_NH`, with logits = head(hidden) computed `chunk_tokens` positions at a time.
+
+    `num_chunks` (at least the chunks N needs) makes exactly that many head calls, the extra ones empty.
+    """
+    n = hidden_NH.shape[0]
+    needed = math.ceil(n / chunk_tokens)
+    num_chunks = needed if num_chunks is None else num_chunks
+    if num_chunks < needed:
+        raise ValueError(f"num_chunks={num_chunks} is fewer than the {needed} chunks of {chunk_tokens} that {n} targets need")
+    names = tuple(inputs)
+
+    def one_chunk(hidden_CH, targets_C, *values):
+        out = loss.fn(head(hidden_CH), targets_C, cfg, **dict(zip(names, values)))
+        loss_C, metrics = out if isinstance(out, tuple) else (out, {})
+        return loss_C.sum(), {name: values_C.detach().sum() for name, values_C in metrics.items()}
+
+    total = LossTotals(hidden_NH.new_zeros((), dtype=torch.float32))
+    for i in range(num_chunks):
+        part = slice(min(i * chunk_tokens, n), min((i + 1) * chunk_tokens, n))
+        loss_sum, metrics = checkpoint(one_chunk, hidden_NH[part], targets_N[part],
+                                       *(inputs[name][part] for name in names), use_reentrant=False)
+        total.loss = total.loss + loss_sum
+        for name, value in metrics.items():
+            total.metrics[name] = total.metrics.get(name, 0.0) + value
+    return total
+
+
+def fused_nll_kernel(head: torch.nn.Module, loss, device: torch.device, weights_partitioned: bool):
+    """Liger-Kernel's fused linear + cross-entropy (reduction "sum") where it applies, else None.
+
+    It applies to the plain NLL only (a kernel for one loss, not the per-token contract), on CUDA
+    (Triton), with Liger installed, and with the head a plain nn.Linear whose weight is whole on this
+    rank (not ZeRO-3-partitioned, not a LoRA-wrapped head): the kernel takes the weight tensor itself.
+    """
+    if (loss.fn is not nll or device.type != "cuda" or weights_partitioned or type(head) is not torch.nn.Linear
+            or head.bias is not None or importlib.util.find_spec("liger_kernel") is None):
+        return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    fused = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+    return lambda hidden_NH, targets_N: LossTotals(fused(head.weight, hidden_NH, targets_N).float())

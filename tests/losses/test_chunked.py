@@ -1,0 +1,125 @@
+"""The chunked loss (hidden states -> LM head + loss, a chunk of target positions at a time, recomputed in
+backward) against the whole-row path it replaces: the same values and gradients on the tiny student
+(tied embeddings, a real qwen3_moe) for SFT's NLL and OPD's sampled and top-k losses, with LoRA, bf16 and
+activation checkpointing. The trainer-level twin (DeepSpeed ZeRO 0/2/3) is tests/train/test_worker.py."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from posttrain.config import LoRAConfig
+from posttrain.data.packing import IGNORE
+from posttrain.losses import LOSSES, Loss
+from posttrain.losses.chunked import chunked_loss, decoder_and_head, fused_nll_kernel
+from posttrain.losses.tokens import nll
+from posttrain.train.lora import apply_lora
+from tests.helpers import LOSS_CFG as CFG, packed_batch
+
+
+def with_metric(logits_NV, targets_N, cfg):
+    """A loss that also reports a per-token metric (the contract's second form)."""
+    loss_N = nll(logits_NV, targets_N)
+    return loss_N, {"nll_squared": loss_N.detach() ** 2}
+
+
+LOSS_CASES = {**LOSSES, "with_metric": Loss(with_metric)}
+
+
+def whole_row(model, batch, loss: Loss):
+    """Today's path: the model's logits for the whole row, the loss at the target positions."""
+    mask_T = batch.labels != IGNORE
+    logits_TV = model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None], use_cache=False).logits[0]
+    out = loss.fn(logits_TV[mask_T], batch.labels[mask_T], CFG, **{k: batch.extras[k][mask_T] for k in loss.inputs})
+    loss_N, metrics = out if isinstance(out, tuple) else (out, {})
+    return loss_N.sum(), {k: v.sum() for k, v in metrics.items()}
+
+
+def chunked(model, batch, loss: Loss, chunk: int, num_chunks=None):
+    """The trainer's path: the decoder's last hidden states at target positions, then chunked_loss."""
+    decoder, head = decoder_and_head(model)
+    mask_T = batch.labels != IGNORE
+    hidden_TH = decoder(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
+                        use_cache=False).last_hidden_state[0]
+    totals = chunked_loss(hidden_TH[mask_T], head, batch.labels[mask_T], loss, CFG,
+                          {k: batch.extras[k][mask_T] for k in loss.inputs}, chunk, num_chunks)
+    return totals.loss, totals.metrics
+
+
+def grads(model, value) -> dict[str, torch.Tensor]:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return dict(zip(params, torch.autograd.grad(value, list(params.values()), allow_unused=True)))
+
+
+def assert_same(model, batch, loss: Loss, chunk: int, atol: float, rtol: float = 1e-5, num_chunks=None):
+    ref, ref_metrics = whole_row(model, batch, loss)
+    ours, our_metrics = chunked(model, batch, loss, chunk, num_chunks)
+    torch.testing.assert_close(ours.float(), ref.float(), atol=atol, rtol=rtol)
+    assert our_metrics.keys() == ref_metrics.keys()
+    for name in ref_metrics:
+        torch.testing.assert_close(our_metrics[name].float(), ref_metrics[name].float(), atol=atol, rtol=rtol)
+    ref_grads, our_grads = grads(model, ref), grads(model, ours)
+    assert ref_grads, "nothing to compare"
+    for name, g in ref_grads.items():
+        if g is None:
+            assert our_grads[name] is None, name
+            continue
+        torch.testing.assert_close(our_grads[name].float(), g.float(), atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.fixture
+def student(tiny_models):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["student"], dtype=torch.float32)
+    assert model.config.tie_word_embeddings  # the head's weight is the embedding: both paths' gradients meet there
+    return model.train()
+
+
+@pytest.mark.parametrize("name", list(LOSS_CASES))
+def test_same_values_and_gradients_as_the_whole_row(student, name):
+    batch = packed_batch(student.config.vocab_size)
+    # 7 does not divide the 37 targets: a short last chunk; 2 spare (empty) chunks, as ZeRO-3 ranks pad theirs.
+    assert_same(student, batch, LOSS_CASES[name], chunk=7, atol=1e-5, num_chunks=8)
+
+
+def test_with_activation_checkpointing(student):
+    student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    batch = packed_batch(student.config.vocab_size, seed=1)
+    for name in ("nll", "topk"):
+        assert_same(student, batch, LOSSES[name], chunk=5, atol=1e-5)
+
+
+def test_with_lora_adapters(student):
+    model = apply_lora(student, LoRAConfig(enabled=True, rank=4, alpha=8, target_parameters=["mlp.experts.down_proj"]))
+    with torch.no_grad():  # B starts at 0: give the adapters a value so their gradients differ from the base's
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    batch = packed_batch(student.config.vocab_size, seed=2)
+    for name in ("nll", "sampled"):
+        assert_same(model, batch, LOSSES[name], chunk=9, atol=1e-5)
+
+
+def test_in_bfloat16(student):
+    model = student.to(torch.bfloat16)
+    batch = packed_batch(model.config.vocab_size, seed=3)
+    # Both paths run the same bf16 matmuls and an fp32 loss; chunking changes only the summation order.
+    assert_same(model, batch, LOSSES["topk"], chunk=8, atol=2e-2, rtol=2e-2)
+
+
+def test_too_few_chunks_is_an_error(student):
+    batch = packed_batch(student.config.vocab_size)
+    with pytest.raises(ValueError, match="fewer than the 6 chunks"):
+        chunked(student, batch, LOSSES["nll"], chunk=7, num_chunks=2)
+
+
+def test_models_whose_logits_are_not_the_head_alone_are_refused(student):
+    student.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        decoder_and_head(student)
+
+
+def test_the_fused_kernel_is_not_chosen_off_cuda_or_for_other_losses(student):
+    _, head = decoder_and_head(student)
+    assert fused_nll_kernel(head, LOSSES["nll"], torch.device("cpu"), weights_partitioned=False) is None
+    assert fused_nll_kernel(head, LOSSES["sampled"], torch.device("cuda", 0), weights_partitioned=False) is None
+    assert fused_nll_kernel(head, LOSSES["nll"], torch.device("cuda", 0), weights_partitioned=True) is None
