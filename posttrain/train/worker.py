@@ -140,13 +140,15 @@ class TrainerWorker:
     def _forward(self, batch: PackedBatch) -> tuple[torch.Tensor, tuple]:
         """The row's last hidden states [T, H] (after the final norm: what the LM head reads) and the
         router logits. The engine runs the whole model, so DeepSpeed's hooks see the step as always,
-        with `logits_to_keep` selecting no position: the LM head runs later, on target positions only."""
+        with `logits_to_keep` selecting no position: the LM head runs later, on target positions only.
+        (An empty 1-D index: transformers 5.16-5.19, which vLLM's CPU wheel needs, index with it as later
+        versions do; a 2-D boolean mask only later ones take.)"""
         captured = []
         hook = self.decoder.register_forward_hook(lambda _m, _args, out: captured.append(out.last_hidden_state))
         try:
             out = self.engine(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
                               output_router_logits=True, use_cache=False,
-                              logits_to_keep=torch.zeros((1, batch.input_ids.numel()), dtype=torch.bool, device=self.device))
+                              logits_to_keep=torch.zeros(0, dtype=torch.long, device=self.device))
         finally:
             hook.remove()
         return captured[-1][0], out.router_logits
