@@ -48,3 +48,25 @@ def sft_run(tiny_models, ray_local, tmp_path_factory):
     run_sft(load_config(SFTConfig, "configs/tiny/sft.yaml", [
         f"model.path={tiny_models['student']}", f"output_dir={out}", "logging.progress_bar=false"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def sft_straight(tiny_models, ray_local, tmp_path_factory):
+    """A 6-step tiny SFT run, undisturbed: what the killed and interrupted SFT runs must end on."""
+    from posttrain.stages.sft import run_sft
+    from tests.helpers import SFT_FAULT_RUN, sft_config
+
+    out = tmp_path_factory.mktemp("sft") / "straight"
+    run_sft(sft_config(tiny_models, out, *SFT_FAULT_RUN))
+    return out
+
+
+@pytest.fixture(scope="session")
+def undisturbed(tiny_models, ray_local, tmp_path_factory):
+    """The OPD fault tests' undisturbed run (2 + 3 steps), which the disturbed ones are compared with."""
+    from posttrain.stages.opd.loop import run_opd
+    from tests.helpers import FAULT_RUN, opd_config
+
+    out = tmp_path_factory.mktemp("opd") / "undisturbed"
+    run_opd(opd_config(tiny_models, out, (2, 3), *FAULT_RUN))
+    return out

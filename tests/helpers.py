@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +25,8 @@ TINY_OPD = "configs/tiny/opd.yaml"
 
 # The OPD fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
 FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
+# The SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6.
+SFT_FAULT_RUN = ("trainer.max_steps=6", "checkpoint.every=2", "logging.tensorboard=false")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -42,6 +46,14 @@ def opd_config(tiny_models, out, stages=(6, 6), *overrides, student=None) -> OPD
     teachers = (tiny_models["teacher-moe"], tiny_models["teacher-next"])
     cfg.teachers = [TeacherStage(str(path), steps) for path, steps in zip(teachers, stages)]
     return cfg
+
+
+def hold_a_run(out) -> Path:
+    """Make `out` hold a run as far as the output-directory rules go: a complete checkpoint (its state file)."""
+    step = Path(out) / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text(json.dumps({"step": 1, "total_steps": 2}))
+    return Path(out)
 
 
 def records(out) -> list[dict]:
@@ -93,17 +105,35 @@ def rows(spec_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`; asserts that no process it
-    started is left once it is gone, killing (by pid) any that is, so a failing test leaks nothing."""
+def run_cli(args: list[str], fault: str = "", timeout: float = 400, then=None,
+            leftover_s: float = 30) -> subprocess.CompletedProcess:
+    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`, in a session of its own (a terminal's
+    Ctrl-C goes to its process group); `then(proc, stdout_path)`, where given, runs while it does (to
+    signal it). Asserts that no process it started is left `leftover_s` after it is gone, killing (by
+    pid) any that is, so a failing test leaks nothing."""
     import psutil
 
     mark = uuid.uuid4().hex
     env = {**os.environ, "POSTTRAIN_FAULT": fault, "POSTTRAIN_TEST_MARK": mark,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, as a user's run has
-    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, start_new_session=True)
+    with tempfile.TemporaryDirectory() as logs:
+        out, err = Path(logs) / "stdout", Path(logs) / "stderr"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            # SIGINT back to its default: a child of a background job inherits it ignored, and Python then
+            # installs no KeyboardInterrupt handler (a terminal user's Ctrl-C is never ignored).
+            proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, stdout=stdout,
+                                    stderr=stderr, text=True, start_new_session=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            try:
+                if then is not None:
+                    then(proc, out)
+                proc.wait(timeout=timeout)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
 
     def leftovers():
         found = []
@@ -115,7 +145,7 @@ def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.Com
                 pass
         return found
 
-    deadline = time.monotonic() + 30  # Ray's processes notice their driver is gone within seconds
+    deadline = time.monotonic() + leftover_s  # Ray's processes notice their driver is gone within seconds
     while (left := leftovers()) and time.monotonic() < deadline:
         time.sleep(0.5)
     for p in left:
@@ -123,5 +153,20 @@ def run_cli(args: list[str], fault: str, timeout: float = 400) -> subprocess.Com
             p.kill()
         except psutil.Error:
             pass
-    assert not left, f"processes outlived the killed run: {[(p.pid, p.name()) for p in left]}"
-    return proc
+    assert not left, f"processes outlived the run: {[(p.pid, p.name()) for p in left]}"
+    return done
+
+
+def signal_when(text: str, *signums: int, group: bool = False, timeout: float = 300):
+    """A `then` for run_cli: once `text` is in the command's stdout, send it `signums` in turn (to its
+    whole process group with `group`, as a terminal's Ctrl-C does)."""
+    def then(proc: subprocess.Popen, stdout: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in stdout.read_text():
+            assert proc.poll() is None, f"the command ended before printing {text!r}: {stdout.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout:.0f} s"
+            time.sleep(0.2)
+        for signum in signums:
+            os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+            time.sleep(0.5)
+    return then
