@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from posttrain.config import ConfigError, LoggingConfig
@@ -102,7 +103,7 @@ def _wandb_run(output_dir: Path, logging: LoggingConfig, stage: str, run_config:
     (output_dir / "wandb").mkdir(exist_ok=True)
     id_file = output_dir / "wandb" / "run_id"
     if not id_file.exists():
-        id_file.write_text(wandb.util.generate_id())
+        id_file.write_text(uuid.uuid4().hex[:12])
     # console="off": W&B leaves stdout alone (the step lines stay ours); silent: no banners.
     return wandb.init(project=logging.wandb_project, name=f"{output_dir.name} ({stage})", id=id_file.read_text().strip(),
                       resume="allow", dir=str(output_dir), mode=logging.wandb, config=run_config, job_type=stage,
