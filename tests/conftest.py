@@ -51,13 +51,21 @@ def sft_run(tiny_models, ray_local, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sft_straight(tiny_models, ray_local, tmp_path_factory):
-    """A 6-step tiny SFT run, undisturbed: what the killed and interrupted SFT runs must end on."""
+def sft_fault_run(tmp_path_factory) -> tuple[str, ...]:
+    """The overrides of the SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6, small data."""
+    from tests.helpers import SFT_FAULT_RUN, small_sft_mixture
+
+    return (*SFT_FAULT_RUN, f"data.mixture={small_sft_mixture(tmp_path_factory.mktemp('data'))}")
+
+
+@pytest.fixture(scope="session")
+def sft_straight(tiny_models, ray_local, sft_fault_run, tmp_path_factory):
+    """That run undisturbed: what the killed and interrupted SFT runs must end on."""
     from posttrain.stages.sft import run_sft
-    from tests.helpers import SFT_FAULT_RUN, sft_config
+    from tests.helpers import sft_config
 
     out = tmp_path_factory.mktemp("sft") / "straight"
-    run_sft(sft_config(tiny_models, out, *SFT_FAULT_RUN))
+    run_sft(sft_config(tiny_models, out, *sft_fault_run))
     return out
 
 

@@ -25,7 +25,7 @@ TINY_OPD = "configs/tiny/opd.yaml"
 
 # The OPD fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
 FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
-# The SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6.
+# The SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6 (the data: `small_sft_mixture`).
 SFT_FAULT_RUN = ("trainer.max_steps=6", "checkpoint.every=2", "logging.tensorboard=false")
 
 
@@ -46,6 +46,19 @@ def opd_config(tiny_models, out, stages=(6, 6), *overrides, student=None) -> OPD
     teachers = (tiny_models["teacher-moe"], tiny_models["teacher-next"])
     cfg.teachers = [TeacherStage(str(path), steps) for path, steps in zip(teachers, stages)]
     return cfg
+
+
+def small_sft_mixture(directory) -> str:
+    """A mixture of the shipped SFT data's first 6 x 32 rows: the fault tests' runs, whose every start
+    tokenises its data again, read these instead of all 5,120 rows."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = load_mixture_spec(ROOT / "data_mixtures" / "sft_tiny.yaml")
+    rows = [r for s in spec.sources for r in read_source_rows(s)][:192]
+    (directory / "sft_small.jsonl").write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    (directory / "sft_small.yaml").write_text("name: sft_small\nseed: 0\nsources:\n"
+                                             "  - {name: small, path: sft_small.jsonl, format: messages, weight: 1}\n")
+    return str(directory / "sft_small.yaml")
 
 
 def hold_a_run(out) -> Path:
@@ -119,16 +132,21 @@ def run_cli(args: list[str], fault: str = "", timeout: float = 400, then=None,
     env.pop("RAY_ADDRESS", None)  # its own local Ray, as a user's run has
     with tempfile.TemporaryDirectory() as logs:
         out, err = Path(logs) / "stdout", Path(logs) / "stderr"
+        # A child inherits SIGINT ignored from a test run started in the background by a shell, and Python
+        # then installs no KeyboardInterrupt handler; a terminal user's Ctrl-C is never ignored. A handled
+        # signal is reset to its default at exec (not in a preexec_fn: unsafe with this process's threads).
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            # SIGINT back to its default: a child of a background job inherits it ignored, and Python then
-            # installs no KeyboardInterrupt handler (a terminal user's Ctrl-C is never ignored).
             proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, stdout=stdout,
-                                    stderr=stderr, text=True, start_new_session=True,
-                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                    stderr=stderr, text=True, start_new_session=True)
             try:
                 if then is not None:
                     then(proc, out)
                 proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{' '.join(args)} ran past {timeout:.0f} s; it printed:\n{out.read_text()[-3000:]}"
+                                     f"\n{err.read_text()[-3000:]}") from None
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -159,14 +177,20 @@ def run_cli(args: list[str], fault: str = "", timeout: float = 400, then=None,
 
 def signal_when(text: str, *signums: int, group: bool = False, timeout: float = 300):
     """A `then` for run_cli: once `text` is in the command's stdout, send it `signums` in turn (to its
-    whole process group with `group`, as a terminal's Ctrl-C does)."""
+    whole process group with `group`, as a terminal's Ctrl-C does), each after the run has
+    acknowledged the one before (two signals before Python runs its handler count as one)."""
     def then(proc: subprocess.Popen, stdout: Path) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in stdout.read_text():
-            assert proc.poll() is None, f"the command ended before printing {text!r}: {stdout.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout:.0f} s"
-            time.sleep(0.2)
-        for signum in signums:
+        wait_for(proc, stdout, text, timeout)
+        for k, signum in enumerate(signums):
             os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
-            time.sleep(0.5)
+            if k + 1 < len(signums):
+                wait_for(proc, stdout, f"{signal.Signals(signum).name}: finishing this step", timeout)
     return then
+
+
+def wait_for(proc: subprocess.Popen, stdout: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in stdout.read_text():
+        assert proc.poll() is None, f"the command ended before printing {text!r}: {stdout.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout:.0f} s"
+        time.sleep(0.2)

@@ -21,7 +21,7 @@ import pytest
 
 from posttrain.config import ConfigError, ModelConfig, OPDConfig, SFTConfig, load_config
 from posttrain.data.mixture import DataError
-from tests.helpers import (FAULT_RUN, GOOD, ROOT, SFT_FAULT_RUN, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, run_cli,
+from tests.helpers import (FAULT_RUN, GOOD, ROOT, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, run_cli,
                            same_weights, signal_when, write_mixture, rows as read_all)
 
 
@@ -252,15 +252,15 @@ def test_the_opd_default_student_follows_where_sft_wrote(tmp_path, monkeypatch, 
     assert stage_config("opd", args).model.path == "runs/sft/final"  # named: kept
 
 
-def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resumes_exactly(tiny_models, sft_straight, tmp_path,
-                                                                                          capsys):
+def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resumes_exactly(tiny_models, sft_straight,
+                                                                                          sft_fault_run, tmp_path, capsys):
     """Rows: SIGKILL of the driver (no Ray process, agents included, outlives it); Ctrl-C (SIGINT to
     the process group, as a terminal sends it) and SIGTERM (to the driver, as `timeout` and schedulers
     send it) each finish the step, checkpoint, print the resume command and exit 130 / 143; a second
     Ctrl-C stops at once. The run then ends on the uninterrupted run's weights."""
     out = tmp_path / "run"
     args = ["sft", "--config", TINY_SFT, "--output-dir", str(out), f"model.path={tiny_models['student']}",
-            "logging.progress_bar=false", *SFT_FAULT_RUN]
+            "logging.progress_bar=false", *sft_fault_run]
     killed = run_cli(args, fault="kill_after_step:3", leftover_s=10)
     assert killed.returncode == -9 and (out / "checkpoints" / "latest").read_text() == "step_00000002"
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.stages.driver import RunDirError
 from posttrain.stages.sft import run_sft
-from tests.helpers import SFT_FAULT_RUN, TINY_SFT as TINY, hold_a_run, records, run_cli, sft_config as config
+from tests.helpers import TINY_SFT as TINY, hold_a_run, records, run_cli, sft_config as config
 
 
 def test_tiny_sft_learns_and_exports_an_hf_model(sft_run):
@@ -46,11 +46,12 @@ def test_two_workers_give_the_single_worker_first_step(tiny_models, ray_local, t
     AutoModelForCausalLM.from_pretrained(two / "final")
 
 
-def test_a_driver_killed_mid_checkpoint_resumes_to_the_uninterrupted_weights(tiny_models, sft_straight, tmp_path):
+def test_a_driver_killed_mid_checkpoint_resumes_to_the_uninterrupted_weights(tiny_models, sft_straight, sft_fault_run,
+                                                                             tmp_path):
     """SIGKILL of the driver process while checkpoint 4 is half written (after checkpoint 2 is
     whole); `--resume` continues from step 2 and ends on exactly the uninterrupted run's weights."""
 
-    common = SFT_FAULT_RUN
+    common = sft_fault_run
     straight, resumed = sft_straight, tmp_path / "resumed"
     killed = run_cli(["sft", "--config", TINY, "--output-dir", str(resumed), f"model.path={tiny_models['student']}",
                       "logging.progress_bar=false", *common], fault="kill_during_checkpoint_write:4")
