@@ -191,6 +191,7 @@ def signal_when(text: str, *signums: int, group: bool = False, timeout: float = 
 def wait_for(proc: subprocess.Popen, stdout: Path, text: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while text not in stdout.read_text():
-        assert proc.poll() is None, f"the command ended before printing {text!r}: {stdout.read_text()[-2000:]}"
+        assert proc.poll() is None, f"the command ended (status {proc.returncode}) before printing {text!r}: " \
+            f"{stdout.read_text()[-2000:]}\n{stdout.with_name('stderr').read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no {text!r} within {timeout:.0f} s"
         time.sleep(0.2)
