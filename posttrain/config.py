@@ -135,7 +135,7 @@ class TrainerConfig:
     global_batch_size: int = positive(16)  # sequences per optimizer step, over all workers
     epochs: float = 1.0
     max_steps: int = non_negative(0)  # > 0 overrides epochs
-    seed: int = 0
+    seed: int = 0  # the training's own randomness (rollout sampling, dropout); the data order is the mixture file's `seed`
     router_aux_loss_coef: float = 0.001  # load-balancing loss weight; 0 turns it off
     freeze_router: bool = False
     # Stop (after checkpointing) once this step is done, as a preempted job would; 0: run to the end.
@@ -185,6 +185,10 @@ class LoggingConfig:
     every: int = 1  # steps between console log lines when there is no progress bar
     progress_bar: bool = True
     tensorboard: bool = True
+    # Weights & Biases beside TensorBoard (the optional extra `pip install posttrain[wandb]`): "offline"
+    # writes the run under <output_dir>/wandb with no network (`wandb sync` uploads it later), "online" logs live.
+    wandb: str = one_of("off", "off", "offline", "online")
+    wandb_project: str = "posttrain"
     # Peak dense bf16 FLOP/s of one device, for MFU (e.g. 989e12 for an H100 SXM); 0: not reported.
     peak_flops_per_device: float = 0.0
 

@@ -48,3 +48,33 @@ def sft_run(tiny_models, ray_local, tmp_path_factory):
     run_sft(load_config(SFTConfig, "configs/tiny/sft.yaml", [
         f"model.path={tiny_models['student']}", f"output_dir={out}", "logging.progress_bar=false"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def sft_fault_run(tmp_path_factory) -> tuple[str, ...]:
+    """The overrides of the SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6, small data."""
+    from tests.helpers import SFT_FAULT_RUN, small_sft_mixture
+
+    return (*SFT_FAULT_RUN, f"data.mixture={small_sft_mixture(tmp_path_factory.mktemp('data'))}")
+
+
+@pytest.fixture(scope="session")
+def sft_straight(tiny_models, ray_local, sft_fault_run, tmp_path_factory):
+    """That run undisturbed: what the killed and interrupted SFT runs must end on."""
+    from posttrain.stages.sft import run_sft
+    from tests.helpers import sft_config
+
+    out = tmp_path_factory.mktemp("sft") / "straight"
+    run_sft(sft_config(tiny_models, out, *sft_fault_run))
+    return out
+
+
+@pytest.fixture(scope="session")
+def undisturbed(tiny_models, ray_local, tmp_path_factory):
+    """The OPD fault tests' undisturbed run (2 + 3 steps), which the disturbed ones are compared with."""
+    from posttrain.stages.opd.loop import run_opd
+    from tests.helpers import FAULT_RUN, opd_config
+
+    out = tmp_path_factory.mktemp("opd") / "undisturbed"
+    run_opd(opd_config(tiny_models, out, (2, 3), *FAULT_RUN))
+    return out

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +29,8 @@ TINY_OPD = "configs/tiny/opd.yaml"
 
 # The OPD fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
 FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
+# The SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6 (the data: `small_sft_mixture`).
+SFT_FAULT_RUN = ("trainer.max_steps=6", "checkpoint.every=2", "logging.tensorboard=false")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,6 +50,27 @@ def opd_config(tiny_models, out, stages=(6, 6), *overrides, student=None) -> OPD
     teachers = (tiny_models["teacher-moe"], tiny_models["teacher-next"])
     cfg.teachers = [TeacherStage(str(path), steps) for path, steps in zip(teachers, stages)]
     return cfg
+
+
+def small_sft_mixture(directory) -> str:
+    """A mixture of the shipped SFT data's first 6 x 32 rows: the fault tests' runs, whose every start
+    tokenises its data again, read these instead of all 5,120 rows."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = load_mixture_spec(ROOT / "data_mixtures" / "sft_tiny.yaml")
+    rows = [r for s in spec.sources for r in read_source_rows(s)][:192]
+    (directory / "sft_small.jsonl").write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    (directory / "sft_small.yaml").write_text("name: sft_small\nseed: 0\nsources:\n"
+                                             "  - {name: small, path: sft_small.jsonl, format: messages, weight: 1}\n")
+    return str(directory / "sft_small.yaml")
+
+
+def hold_a_run(out) -> Path:
+    """Make `out` hold a run as far as the output-directory rules go: a complete checkpoint (its state file)."""
+    step = Path(out) / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text(json.dumps({"step": 1, "total_steps": 2}))
+    return Path(out)
 
 
 def records(out) -> list[dict]:
@@ -150,35 +175,48 @@ def sample_tree(pid: int, peak: TreePeak, done: threading.Event, interval: float
         done.wait(interval)
 
 
-def run_cli(args: list[str], fault: str = "", timeout: float = 400, peak: TreePeak | None = None) -> subprocess.CompletedProcess:
-    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`; asserts that no process it
-    started is left once it is gone, killing (by pid) any that is, so a failing test leaks nothing.
-    With `peak`, the whole process tree's memory is sampled into it while the command runs."""
+def run_cli(args: list[str], fault: str = "", timeout: float = 400, then=None, leftover_s: float = 30,
+            peak: TreePeak | None = None) -> subprocess.CompletedProcess:
+    """`python -m posttrain.cli ARGS` with POSTTRAIN_FAULT=`fault`, in a session of its own (a terminal's
+    Ctrl-C goes to its process group); `then(proc, stdout_path)`, where given, runs while it does (to
+    signal it). Asserts that no process it started is left `leftover_s` after it is gone, killing (by
+    pid) any that is, so a failing test leaks nothing. With `peak`, the whole process tree's memory is
+    sampled into it while the command runs."""
+    import psutil
+
     mark = uuid.uuid4().hex
     env = {**os.environ, "POSTTRAIN_FAULT": fault, "POSTTRAIN_TEST_MARK": mark,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, as a user's run has
-    with subprocess.Popen([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True) as popen:
-        done = threading.Event()
-        sampler = threading.Thread(target=sample_tree, args=(popen.pid, peak, done), daemon=True) if peak else None
-        if sampler:
-            sampler.start()
-        try:
-            stdout, stderr = popen.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            raise
-        finally:
-            done.set()
+    with tempfile.TemporaryDirectory() as logs:
+        out, err = Path(logs) / "stdout", Path(logs) / "stderr"
+        # A child inherits SIGINT ignored from a test run started in the background by a shell, and Python
+        # then installs no KeyboardInterrupt handler; a terminal user's Ctrl-C is never ignored. A handled
+        # signal is reset to its default at exec (not in a preexec_fn: unsafe with this process's threads).
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, env=env, stdout=stdout,
+                                    stderr=stderr, text=True, start_new_session=True)
+            sampled = threading.Event()
+            sampler = threading.Thread(target=sample_tree, args=(proc.pid, peak, sampled), daemon=True) if peak else None
             if sampler:
-                sampler.join()
-    _assert_nothing_left(mark)
-    return subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
-
-
-def _assert_nothing_left(mark: str) -> None:
-    import psutil
+                sampler.start()
+            try:
+                if then is not None:
+                    then(proc, out)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{' '.join(args)} ran past {timeout:.0f} s; it printed:\n{out.read_text()[-3000:]}"
+                                     f"\n{err.read_text()[-3000:]}") from None
+            finally:
+                sampled.set()
+                if sampler:
+                    sampler.join()
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
 
     def leftovers():
         found = []
@@ -190,7 +228,7 @@ def _assert_nothing_left(mark: str) -> None:
                 pass
         return found
 
-    deadline = time.monotonic() + 30  # Ray's processes notice their driver is gone within seconds
+    deadline = time.monotonic() + leftover_s  # Ray's processes notice their driver is gone within seconds
     while (left := leftovers()) and time.monotonic() < deadline:
         time.sleep(0.5)
     for p in left:
@@ -198,7 +236,30 @@ def _assert_nothing_left(mark: str) -> None:
             p.kill()
         except psutil.Error:
             pass
-    assert not left, f"processes outlived the killed run: {[(p.pid, p.name()) for p in left]}"
+    assert not left, f"processes outlived the run: {[(p.pid, p.name()) for p in left]}"
+    return done
+
+
+def signal_when(text: str, *signums: int, group: bool = False, timeout: float = 300):
+    """A `then` for run_cli: once `text` is in the command's stdout, send it `signums` in turn (to its
+    whole process group with `group`, as a terminal's Ctrl-C does), each after the run has
+    acknowledged the one before (two signals before Python runs its handler count as one)."""
+    def then(proc: subprocess.Popen, stdout: Path) -> None:
+        wait_for(proc, stdout, text, timeout)
+        for k, signum in enumerate(signums):
+            os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+            if k + 1 < len(signums):
+                wait_for(proc, stdout, f"{signal.Signals(signum).name}: finishing this step", timeout)
+    return then
+
+
+def wait_for(proc: subprocess.Popen, stdout: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in stdout.read_text():
+        assert proc.poll() is None, f"the command ended (status {proc.returncode}) before printing {text!r}: " \
+            f"{stdout.read_text()[-2000:]}\n{stdout.with_name('stderr').read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout:.0f} s"
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,17 +1,28 @@
 """The bad-input catalogue in one table: each case is refused by the cheap check that runs before
 any model, Ray or data work, with a message that names the file and line or the config field and
 says what was expected. (Cases that need the tiny models or a run directory follow the table; the
-teacher-vocabulary case is tests/stages/opd/test_opd.py, ENOSPC is tests/infra/test_checkpoint.py.)"""
+teacher-vocabulary case is tests/stages/opd/test_opd.py, ENOSPC is tests/infra/test_checkpoint.py.)
+
+The second half is what a user meets on the command line (`posttrain.cli.main`, or the command in
+a process of its own where a signal or a kill is the case): each case's exit status, a message
+that names the problem, no traceback, and then the corrected command runs."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from posttrain.config import ConfigError, ModelConfig, OPDConfig, SFTConfig, load_config
 from posttrain.data.mixture import DataError
-from tests.helpers import GOOD, write_mixture, rows as read_all
+from tests.helpers import (FAULT_RUN, GOOD, ROOT, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, run_cli,
+                           same_weights, signal_when, write_mixture, rows as read_all)
 
 
 def mixture(tmp_path, line, fmt="messages", weight="1", extra="") -> str:
@@ -75,21 +86,21 @@ def test_a_cascade_step_count_on_the_command_line_must_be_positive():
 
 
 def test_a_missing_model_path_is_refused(tmp_path):
+    from posttrain.models.locate import ModelError
     from posttrain.stages.opd.checks import check_student
     from posttrain.stages.driver import load_tokenizer
 
-    with pytest.raises(FileNotFoundError, match=rf"model\.path: {tmp_path}/none does not exist \(expected a local directory or a hub id"):
+    with pytest.raises(ModelError, match=rf"model\.path: {tmp_path}/none does not exist \(expected a local directory or a hub id"):
         load_tokenizer(ModelConfig(path=str(tmp_path / "none")))
     cfg = load_config(OPDConfig, "configs/tiny/opd.yaml", [f"model.path={tmp_path}/sft/final"])
-    with pytest.raises(FileNotFoundError, match=r"model\.path: the student .*sft/final does not exist\. .*posttrain sft"):
+    with pytest.raises(ModelError, match=r"model\.path: the student .*sft/final does not exist\. .*posttrain sft"):
         check_student(cfg)
 
 
 def test_an_output_dir_holding_another_run_is_refused_unless_resume_or_overwrite(tmp_path):
     from posttrain.stages.driver import RunDirError, prepare_output_dir
 
-    out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
+    out = hold_a_run(tmp_path / "run")
     with pytest.raises(RunDirError, match=rf"{out} already holds a run; pass --resume to continue it or --overwrite"):
         prepare_output_dir(out, resume=False, overwrite=False)
     prepare_output_dir(out, resume=True, overwrite=False)
@@ -124,3 +135,168 @@ def test_overlong_examples_are_truncated_or_dropped_and_counted(tmp_path, tokeni
     with pytest.raises(DataError, match=r"no example is left after the length policy \(0/3 examples kept; 0 truncated, "
                                         r"3 dropped as over-long"):
         _sft_data(tmp_path, tokenizer, rows, max_seq_len=8, pack_tokens=64, overlong_policy="drop")
+
+
+# --------------------------------------------------------------------------------------------------
+# On the command line: exit status, a message naming the problem, no traceback, the fix then runs
+# --------------------------------------------------------------------------------------------------
+
+
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    """`posttrain ARGV` in this process: its exit status and what it printed (a traceback would be an
+    exception here, failing the test)."""
+    from posttrain.cli import main
+
+    status = main(list(argv))
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "Traceback" not in text, text
+    return status, text
+
+
+def broken_copies(tiny_models, tmp_path) -> tuple[Path, Path]:
+    """The tiny student without its weights, and with a tokenizer that has no chat template."""
+    noweights, notemplate = tmp_path / "noweights", tmp_path / "notemplate"
+    shutil.copytree(tiny_models["student"], noweights)
+    (noweights / "model.safetensors").unlink()
+    shutil.copytree(tiny_models["student"], notemplate)
+    (notemplate / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((notemplate / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (notemplate / "tokenizer_config.json").write_text(json.dumps(config))
+    return noweights, notemplate
+
+
+def read_only_dir(tmp_path) -> Path:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro if not os.access(ro, os.W_OK) else Path("/sys")  # root writes through mode bits; /sys it cannot
+
+
+def test_sft_bad_model_and_output_dirs_exit_2_before_any_work_and_the_fix_runs(tiny_models, ray_local, tmp_path, capsys):
+    """Rows: a model dir with config.json but no weights; a tokenizer without a chat template;
+    --output-dir a file or read-only; a failed start (8 workers on 2 CPUs) then the corrected command
+    in the same directory; --resume on an empty or mistyped directory, and on a finished run."""
+    noweights, notemplate = broken_copies(tiny_models, tmp_path)
+    out, a_file = tmp_path / "run", tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    small = write_mixture(tmp_path, [GOOD] * 64)  # the data work a failed start repeats, kept small
+
+    def sft(output_dir, *extra):
+        return cli(capsys, "sft", "--config", TINY_SFT, "--output-dir", str(output_dir), "logging.progress_bar=false",
+                   "logging.tensorboard=false", "trainer.max_steps=2", f"data.mixture={small}", *extra)
+
+    refused = {
+        "no weights": (sft(out, f"model.path={noweights}"),
+                       rf"model\.path: {noweights} has no weights \(expected one of model\.safetensors"),
+        "no chat template": (sft(out, f"model.path={notemplate}"), rf"model\.path: the tokenizer of {notemplate} has no chat template"),
+        "output dir a file": (sft(a_file), rf"output directory {a_file} is a file, not a directory"),
+        "read-only output dir": (sft(read_only_dir(tmp_path)), r"output directory .* is not writable \(Permission denied\)"),
+        "--resume, empty dir": (sft(tmp_path, "--resume"), rf"--resume: nothing to resume: {tmp_path} holds no complete checkpoint"),
+        "--resume, mistyped": (sft(tmp_path / "rnu", "--resume"), rf"--resume: nothing to resume: {tmp_path}/rnu does not exist"),
+    }
+    for case, ((status, text), message) in refused.items():
+        assert status == 2 and re.search(message, text), (case, text)
+        assert "[sft] data:" not in text, case  # refused before the data is read
+    assert not (tmp_path / "rnu").exists()
+
+    status, text = sft(out, "trainer.num_workers=8")  # a start that fails after Ray is up, leaving files behind
+    assert status == 2 and "trainer: requested 8 workers" in text, text
+    assert (out / "config.yaml").exists() and not (out / "final").exists()
+
+    status, text = sft(out, f"model.path={tiny_models['student']}")  # the corrected command: not blocked
+    assert status == 0 and (out / "final" / "model.safetensors").exists(), text
+    exported = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    status, text = sft(out, f"model.path={tiny_models['student']}", "--resume")
+    assert status == 0 and f"[sft] run complete: {out} finished all 2 steps" in text, text
+    assert "[sft] data:" not in text and (out / "final" / "model.safetensors").stat().st_mtime_ns == exported
+
+
+def test_a_teacher_step_count_that_is_not_a_number_is_named(capsys):
+    status, text = cli(capsys, "opd", "--config", TINY_OPD, "--teacher", "models/tiny/teacher-moe:abc")
+    assert status == 2 and "--teacher models/tiny/teacher-moe:abc: the step count 'abc' is not a whole number" in text
+
+
+def test_the_mixture_seed_decides_the_data(tmp_path, tokenizer):
+    """As data_mixtures/README.md says: the mixture file's seed (not trainer.seed) decides the rows of an epoch."""
+    import yaml
+
+    from posttrain.config import DataConfig
+    from posttrain.data.sft import SFTData
+
+    spec = yaml.safe_load((ROOT / "data_mixtures/sft_tiny.yaml").read_text())
+    for source in spec["sources"]:
+        source["path"] = str((ROOT / "data_mixtures" / source["path"]).resolve())
+    sizes = {}
+    for seed in (0, 7):
+        (tmp_path / f"mix{seed}.yaml").write_text(yaml.safe_dump({**spec, "seed": seed}))
+        sizes[seed] = SFTData(DataConfig(mixture=str(tmp_path / f"mix{seed}.yaml"), max_seq_len=256), tokenizer).report.examples
+    assert sizes == {0: 5120, 7: 5102}  # all_exhausted interleaving: the seed decides how long an epoch is
+
+
+def test_the_opd_default_student_follows_where_sft_wrote(tmp_path, monkeypatch, capsys):
+    """SFT moves to runs/sft-1 when runs/sft holds a run; OPD's default student (runs/sft/final) follows."""
+    from posttrain.cli import build_parser
+    from posttrain.stages.args import stage_config
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / TINY_OPD, tmp_path / "opd.yaml")
+    for run in ("runs/sft", "runs/sft-1"):
+        (tmp_path / run / "final").mkdir(parents=True)
+        time.sleep(0.01)  # sft-1's export is the newer
+    args, _ = build_parser().parse_known_args(["opd", "--config", "opd.yaml"])
+    assert stage_config("opd", args).model.path == "runs/sft-1/final"
+    assert "student: runs/sft-1/final, the newest SFT export" in capsys.readouterr().out
+    args, _ = build_parser().parse_known_args(["opd", "--config", "opd.yaml", "--student", "runs/sft/final"])
+    assert stage_config("opd", args).model.path == "runs/sft/final"  # named: kept
+
+
+def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resumes_exactly(tiny_models, sft_straight,
+                                                                                          sft_fault_run, tmp_path, capsys):
+    """Rows: SIGKILL of the driver (no Ray process, agents included, outlives it); Ctrl-C (SIGINT to
+    the process group, as a terminal sends it) and SIGTERM (to the driver, as `timeout` and schedulers
+    send it) each finish the step, checkpoint, print the resume command and exit 130 / 143; a second
+    Ctrl-C stops at once. The run then ends on the uninterrupted run's weights."""
+    out = tmp_path / "run"
+    args = ["sft", "--config", TINY_SFT, "--output-dir", str(out), f"model.path={tiny_models['student']}",
+            "logging.progress_bar=false", *sft_fault_run]
+    killed = run_cli(args, fault="kill_after_step:3", leftover_s=10)
+    assert killed.returncode == -9 and (out / "checkpoints" / "latest").read_text() == "step_00000002"
+
+    for signum, status, step in ((signal.SIGINT, 130, 3), (signal.SIGTERM, 143, 4)):
+        stopped = run_cli([*args, "--resume"], then=signal_when("[sft] resumed from", signum, group=signum == signal.SIGINT))
+        name = signal.Signals(signum).name
+        assert stopped.returncode == status, stopped.stderr[-3000:]
+        assert f"posttrain sft: stopped by {name} after step {step}; checkpoint {out}/checkpoints/step_0000000{step} " \
+               f"written. Continue with:\n  posttrain sft --config {TINY_SFT} --output-dir {out}" in stopped.stderr
+        assert stopped.stderr.rstrip().endswith("--resume") and "Traceback" not in stopped.stderr + stopped.stdout
+        assert (out / "checkpoints" / "latest").read_text() == f"step_0000000{step}"
+
+    at_once = run_cli([*args, "--resume"], then=signal_when("[sft] resumed from", signal.SIGINT, signal.SIGINT, group=True))
+    assert at_once.returncode == 130 and "posttrain sft: stopped at once by SIGINT; --resume continues from step 4" in \
+        at_once.stderr, at_once.stderr[-3000:]
+    assert "Traceback" not in at_once.stderr + at_once.stdout
+    assert cli(capsys, *args, "--resume")[0] == 0
+    assert same_weights(sft_straight, out)
+
+
+def test_opd_stops_cleanly_on_sigint_and_sigterm_and_resumes_exactly(tiny_models, undisturbed, tmp_path, capsys):
+    """Rows: `--teacher PATH:abc` refused, the corrected command runs; Ctrl-C and SIGTERM during OPD
+    finish the step, checkpoint and exit; resumed, the run ends on the undisturbed run's weights."""
+    out = tmp_path / "opd"
+    args = ["opd", "--config", TINY_OPD, "--output-dir", str(out), "--student", str(tiny_models["student"]),
+            "--teacher", f"{tiny_models['teacher-moe']}:2", "--teacher", f"{tiny_models['teacher-next']}:3",
+            "logging.progress_bar=false", "logging.tensorboard=false", *FAULT_RUN]
+    status, text = cli(capsys, *[a.replace(":2", ":abc") for a in args])
+    assert status == 2 and "the step count 'abc' is not a whole number" in text
+
+    first = run_cli(args, then=signal_when("[opd] teacher 1/2", signal.SIGINT, group=True))
+    assert first.returncode == 130 and f"stopped by SIGINT after step 1; checkpoint {out}/checkpoints/step_00000001" \
+        in first.stderr, first.stderr[-3000:]
+    second = run_cli([*args, "--resume"], then=signal_when("[opd] resumed from", signal.SIGTERM))
+    assert second.returncode == 143 and "stopped by SIGTERM after step 2" in second.stderr, second.stderr[-3000:]
+    assert "Traceback" not in first.stderr + second.stderr
+    assert cli(capsys, *args, "--resume")[0] == 0
+    assert same_weights(undisturbed, out)
+    assert prompt_ids(out) == prompt_ids(undisturbed)

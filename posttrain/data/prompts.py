@@ -21,8 +21,10 @@ class Prompt:
 
 
 class OPDPrompts:
-    def __init__(self, cfg: OPDDataConfig, tokenizer, seed: int):
+    def __init__(self, cfg: OPDDataConfig, tokenizer, seed: int | None = None):
         spec = load_mixture_spec(resolve_path(cfg.mixture))
+        # The data's order is the mixture file's `seed` (data_mixtures/README.md) unless a caller fixes another.
+        seed = spec.seed if seed is None else seed
         mixture = load_mixture(spec, seed=seed)
         max_len, policy = cfg.max_prompt_len, cfg.overlong_policy
 

@@ -31,10 +31,12 @@ class DataReport:
 class SFTData:
     """Tokenised, length-checked SFT examples with a resumable epoch cursor."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int | None = None):
         if cfg.pack_tokens < cfg.max_seq_len:
             raise DataError(f"data.pack_tokens ({cfg.pack_tokens}) must be >= data.max_seq_len ({cfg.max_seq_len})")
         spec = load_mixture_spec(resolve_path(cfg.mixture))
+        # The data's order is the mixture file's `seed` (data_mixtures/README.md) unless a caller fixes another.
+        seed = spec.seed if seed is None else seed
         mixture = load_mixture(spec, seed=seed)
         for i, messages in enumerate(mixture["messages"]):
             if not any(m["role"] == "assistant" for m in messages):

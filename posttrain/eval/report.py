@@ -53,11 +53,12 @@ def write_report(run_dir: Path) -> Path:
     if plots.is_opd:
         plots.reverse_kl()
         plots.evals()
+    plots.optimizer()
     plots.throughput()
     plots.time_split()
     plots.expert_load()
     page = run_dir / "report.md"
-    page.write_text(_markdown(run_dir, rows, plots.figures, plots.missing, plots.is_opd), encoding="utf-8")
+    page.write_text(_markdown(run_dir, plots.steps, plots.figures, plots.missing, plots.is_opd), encoding="utf-8")
     return page
 
 
@@ -71,6 +72,7 @@ class _Plots:
         import matplotlib.pyplot as plt
 
         self.plt, self.rows, self.out = plt, rows, out
+        self.steps = [r for r in rows if r.get("step", 0) > 0]  # training steps; step 0 holds only the baseline eval
         out.mkdir(exist_ok=True)
         self.is_opd = any("reverse_kl" in r for r in rows)
         self.figures: list[tuple[str, str]] = []  # (file, caption)
@@ -117,7 +119,20 @@ class _Plots:
             ax.plot(*_series(self.rows, key), marker="o", label=key.removeprefix("eval/"))
         ax.legend()
         self.mark_stages(ax)
-        self.save(fig, "eval.png", "Accuracy on the verifiable tasks' eval split (`eval.every`).")
+        self.save(fig, "eval.png", "Accuracy on the verifiable tasks' eval split (`eval.every`); step 0 is the student "
+                                   "before any OPD step.")
+
+    def optimizer(self) -> None:
+        steps, lrs = _series(self.steps, "lr")
+        if not steps:
+            self.missing.append("learning rate and gradient norm (no `lr` in the metrics)")
+            return
+        fig, (ax1, ax2) = self.plt.subplots(1, 2, figsize=(10, 3.5))
+        ax1.plot(steps, lrs)
+        ax1.set(xlabel="step", ylabel="learning rate", title="Learning rate (schedule)")
+        ax2.plot(*_series(self.steps, "grad_norm"))
+        ax2.set(xlabel="step", ylabel="gradient norm", title="Gradient norm (before clipping)")
+        self.save(fig, "optimizer.png", "Learning rate per step (warm-up and decay) and the global gradient norm.")
 
     def throughput(self) -> None:
         fig, ax = self.axes("tokens / s", "Throughput")
@@ -131,13 +146,14 @@ class _Plots:
             self.missing.append("time split (an SFT step is all training: see `step_s`)")
             return
         fig, ax = self.axes("seconds", "Where a step's time goes")
-        ax.stackplot([r["step"] for r in self.rows], *[[r.get(k, 0.0) for r in self.rows] for k in parts],
+        ax.stackplot([r["step"] for r in self.steps], *[[r.get(k, 0.0) for r in self.steps] for k in parts],
                      labels=[k.removesuffix("_s") for k in parts])
         ax.legend(loc="upper right")
         self.save(fig, "time_split.png", "Step time split between rollout, teacher scoring, training and weight sync.")
 
     def expert_load(self) -> None:
         import numpy as np
+        from matplotlib.ticker import MaxNLocator
 
         loads = [r for r in self.rows if r.get("expert_load")]
         if not loads:
@@ -148,6 +164,8 @@ class _Plots:
         fig, (ax1, ax2) = self.plt.subplots(1, 2, figsize=(10, 3.5))
         image = ax1.imshow(share_LE, aspect="auto", cmap="viridis")
         ax1.set(xlabel="expert", ylabel="layer", title=f"Expert load share, step {loads[-1]['step']}")
+        for axis in (ax1.xaxis, ax1.yaxis):  # layers and experts are whole numbers
+            axis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(image, ax=ax1)
         imbalance = np.array([r["expert_imbalance"] for r in loads])
         for layer in range(imbalance.shape[1]):

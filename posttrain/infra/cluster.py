@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posttrain.config import RayConfig
-from posttrain.infra import faults
+from posttrain.infra import faults, reaper
 
 
 class PlacementError(RuntimeError):
@@ -42,6 +42,24 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(include_dashboard=cfg.include_dashboard, dashboard_host=cfg.dashboard_host, **kwargs)
+        _watchers.append(reaper.watch(_local_ray_processes()))
+
+
+_watchers: list = []  # the reaper pipes: held open for as long as this driver lives
+
+
+def _local_ray_processes() -> list:
+    """The processes this driver's `ray.init` started (GCS, raylet and its agents, dashboard, monitors)."""
+    import psutil
+
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "ray" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
 
 
 def reserve(name: str, num_workers: int, cpus_per_worker: float, gpus_per_worker: int, strategy: str = "PACK"):

@@ -7,6 +7,7 @@ the cluster will, before anything is uploaded.
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from posttrain.config import ConfigError, OPDConfig, SFTConfig, TeacherStage, load_config
@@ -53,7 +54,11 @@ def parse_teachers(flags: list[str], configured: list[TeacherStage]) -> list[Tea
     """`PATH_OR_ID[:STEPS]` flags → cascade stages; a stage without STEPS keeps the configured count."""
     stages = []
     for i, flag in enumerate(flags):
-        path, _, steps = flag.rpartition(":") if flag.rpartition(":")[2].isdigit() else (flag, "", "")
+        head, colon, tail = flag.rpartition(":")
+        if colon and not tail.isdigit() and not Path(flag).exists():  # not a step count, and no path of that name
+            raise ConfigError(f"--teacher {flag}: the step count {tail!r} is not a whole number; give PATH_OR_ID or "
+                              "PATH_OR_ID:STEPS, e.g. --teacher models/tiny/teacher-moe:30")
+        path, steps = (head, tail) if colon and tail.isdigit() else (flag, "")
         if steps:
             count = int(steps)
         elif configured:
@@ -69,9 +74,11 @@ def parse_teachers(flags: list[str], configured: list[TeacherStage]) -> list[Tea
 def stage_config(stage: str, args: argparse.Namespace, pick_free_dir: bool = True):
     """The stage's typed config from `--config`, the overrides and the options.
 
-    With `pick_free_dir`, a config's default output directory that holds an earlier run is never
-    touched: the next free sibling (runs/opd-1, runs/opd-2, ...) is taken. A directory named on the
-    command line is refused instead (by the stage), unless --resume or --overwrite says what to do.
+    With `pick_free_dir` (a run on this machine; `posttrain submit` checks a command for another), a
+    config's default output directory that holds an earlier run is never touched: the next free
+    sibling (runs/opd-1, runs/opd-2, ...) is taken, and OPD's default student follows the same rule
+    (`newest_export`). A directory named on the command line is refused instead (by the stage),
+    unless --resume or --overwrite says what to do.
     """
     overrides = list(args.overrides)
     if args.output_dir:
@@ -82,12 +89,52 @@ def stage_config(stage: str, args: argparse.Namespace, pick_free_dir: bool = Tru
             cfg.model.path = args.student
         if args.teacher:
             cfg.teachers = parse_teachers(args.teacher, cfg.teachers)
+        if pick_free_dir and not args.student and not any(o.startswith("model.path=") for o in overrides):
+            cfg.model.path = newest_export(cfg.model.path)
     explicit = args.output_dir or any(o.startswith("output_dir=") for o in overrides)
     if pick_free_dir and not explicit and not (args.resume or args.overwrite) and holds_run(Path(cfg.output_dir)):
-        n = 1
-        while holds_run(Path(f"{cfg.output_dir}-{n}")):
-            n += 1
-        print(f"[posttrain] {cfg.output_dir} holds an earlier run; writing to {cfg.output_dir}-{n} "
+        free = next(d for d in sibling_dirs(Path(cfg.output_dir)) if not holds_run(d))
+        print(f"[posttrain] {cfg.output_dir} holds an earlier run; writing to {free} "
               "(--output-dir DIR to choose, --resume / --overwrite to reuse it)", flush=True)
-        cfg.output_dir = f"{cfg.output_dir}-{n}"
+        cfg.output_dir = str(free)
     return cfg
+
+
+def sibling_dirs(out: Path):
+    """`out`, out-1, out-2, ...: where a stage writes when its config's default directory is taken."""
+    yield out
+    n = 1
+    while True:
+        yield Path(f"{out}-{n}")
+        n += 1
+
+
+def newest_export(student: str) -> str:
+    """The config's default student `<dir>/final` follows where the SFT stage actually wrote: the
+    newest `final/` among <dir>, <dir>-1, <dir>-2, ... (SFT moves to the next free one when <dir> is taken)."""
+    path = Path(student)
+    if path.name != "final":
+        return student
+    exports = []
+    for run in sibling_dirs(path.parent):
+        if run != path.parent and not run.exists():
+            break
+        if (run / "final").is_dir():
+            exports.append(run / "final")
+    if not exports:
+        return student
+    newest = max(exports, key=lambda p: p.stat().st_mtime)
+    if newest != path:
+        print(f"[posttrain] student: {newest}, the newest SFT export beside {path} (--student PATH to choose)", flush=True)
+    return str(newest)
+
+
+def resume_command(stage: str, args: argparse.Namespace, output_dir: str | Path) -> str:
+    """The command line that continues this run: the same config, options and overrides, the run's directory, --resume."""
+    argv = ["posttrain", stage, "--config", args.config, "--output-dir", str(output_dir)]
+    if stage == "opd":
+        argv += ["--student", args.student] if args.student else []
+        argv += [x for flag in args.teacher for x in ("--teacher", flag)]
+    argv += ["--ray-address", args.ray_address] if args.ray_address else []
+    argv += [o for o in args.overrides if not o.startswith("output_dir=")]
+    return shlex.join([*argv, "--resume"])

@@ -1,5 +1,6 @@
 """`posttrain demo`: the tiny pipeline end to end — tiny models → SFT → OPD with the two-teacher
-cascade — then one summary table."""
+cascade — then one summary table, with the held-out accuracy before and after each stage (so a
+newcomer sees whether each stage helped, not only that its loss fell)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 from posttrain.config import OPDConfig, SFTConfig, load_config
+from posttrain.eval.run import evaluate
 from posttrain.infra.paths import resolve_path
 from posttrain.stages.opd.loop import run_opd
 from posttrain.stages.sft import run_sft
@@ -26,18 +28,23 @@ def run_demo(output_dir: str | Path, backend: str = "hf") -> None:
     final = run_sft(sft_cfg, overwrite=True)
     rows += stage_rows("sft", out / "sft", final, time.perf_counter() - started, "loss")
 
-    started = time.perf_counter()
     opd_cfg = load_config(OPDConfig, resolve_path(TINY_OPD), [f"output_dir={out / 'opd'}", f"model.path={final}",
                                                               f"rollout.backend={backend}", f"teacher.backend={backend}"])
+    # The SFT start, measured as OPD measures the student (greedy, on the rollout worker's own class).
+    print("[demo] eval of the SFT start ...", flush=True)
+    before_sft = evaluate(sft_cfg.model.path, opd_cfg.eval.tasks, limit=opd_cfg.eval.limit,
+                          max_new_tokens=opd_cfg.rollout.max_new_tokens, batch_size=opd_cfg.rollout.batch_size)
+    started = time.perf_counter()
     opd_final = run_opd(opd_cfg, overwrite=True)
     rows += stage_rows("opd", out / "opd", opd_final, time.perf_counter() - started, "reverse_kl")
+    add_accuracy(rows, {t: r["accuracy"] for t, r in before_sft["tasks"].items()}, out / "opd")
     print_summary(rows)
     print(f"\noutputs: {out.resolve()} (metrics.jsonl, tensorboard/, checkpoints/ and final/ per stage)")
 
 
 def stage_rows(stage: str, run_dir: Path, final: Path, wall_s: float, key: str) -> list[dict]:
     """One summary row per stage (per cascade stage for OPD): mean of the first and last 5 steps."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [r for r in _records(run_dir) if key in r]  # training steps (not the step-0 eval)
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(f"{stage} {r['stage']}: {Path(r['teacher']).name}" if "teacher" in r else stage, []).append(r)
@@ -47,16 +54,38 @@ def stage_rows(stage: str, run_dir: Path, final: Path, wall_s: float, key: str) 
         head, tail = values[:5], values[-5:]
         # A cascade stage's time is the sum of its step times; a single stage gets its whole wall time.
         stage_s = wall_s if len(groups) == 1 else sum(r["step_s"] for r in group)
-        rows.append({"stage": name, "steps": len(group), "metric": key, "first": sum(head) / len(head),
-                     "last": sum(tail) / len(tail), "wall_s": stage_s, "output": ""})
+        rows.append({"stage": name, "steps": len(group), "first_step": group[0]["step"], "last_step": group[-1]["step"],
+                     "metric": key, "first": sum(head) / len(head), "last": sum(tail) / len(tail), "wall_s": stage_s,
+                     "output": "", "accuracy": ""})
     rows[-1]["output"] = str(final)
     return rows
 
 
+def add_accuracy(rows: list[dict], before_sft: dict[str, float], opd_dir: Path) -> None:
+    """Each row's eval accuracy before → after its stage: SFT from its start (measured here) to OPD's
+    step-0 eval; each cascade stage from the eval before its first step to the one at its last."""
+    evals = {r["step"]: {k.removeprefix("eval/"): v for k, v in r.items() if k.startswith("eval/") and not k.endswith("_len")}
+             for r in _records(opd_dir)}
+    evals = {step: acc for step, acc in evals.items() if acc}
+    for row in rows:
+        if row["stage"] == "sft":
+            before, after = before_sft, evals.get(0)
+        else:
+            before, after = evals.get(row["first_step"] - 1), evals.get(row["last_step"])
+        if before and after:
+            row["accuracy"] = ", ".join(f"{task} {before[task]:.2f} → {after[task]:.2f}" for task in after if task in before)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def print_summary(rows: list[dict]) -> None:
     width = max(len(r["stage"]) for r in rows)
-    print(f"\n {'stage':{width}s} | steps | metric     | first 5 | last 5 | wall (s) | output")
-    print(f"-{'-' * width}-+-------+------------+---------+--------+----------+---------------------")
+    acc = max([len("eval accuracy before → after")] + [len(r["accuracy"]) for r in rows])
+    print(f"\n {'stage':{width}s} | steps | metric     | first 5 | last 5 | {'eval accuracy before → after':{acc}s} | "
+          "wall (s) | output")
+    print(f"-{'-' * width}-+-------+------------+---------+--------+-{'-' * acc}-+----------+---------------------")
     for r in rows:
         print(f" {r['stage']:{width}s} | {r['steps']:5d} | {r['metric']:10s} | {r['first']:7.3f} | {r['last']:6.3f} | "
-              f"{r['wall_s']:8.1f} | {r['output']}")
+              f"{r['accuracy']:{acc}s} | {r['wall_s']:8.1f} | {r['output']}")

@@ -6,21 +6,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from posttrain.config import ClusterConfig, ConfigError, ModelConfig, RayConfig, TrainerConfig, to_dict
+from posttrain.config import ClusterConfig, ModelConfig, RayConfig, TrainerConfig, to_dict
 from posttrain.infra import checkpoint
 from posttrain.infra.cluster import check_nodes, init_ray
-from posttrain.models.locate import require_model
+from posttrain.models.locate import check_model_dir
 from posttrain.models.tiny import ensure_model
 
 
 class RunDirError(RuntimeError):
-    """The output directory holds another run."""
+    """The output directory cannot take this run: it holds another, holds nothing to resume, or is not a writable directory."""
 
 
 class NonFiniteError(RuntimeError):
@@ -28,15 +29,31 @@ class NonFiniteError(RuntimeError):
 
 
 def holds_run(out: Path) -> bool:
-    return (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+    """Whether `out` holds a run: something to resume (a complete checkpoint) or a finished export.
+
+    A start that failed before its first checkpoint (bad input found late, a placement Ray could not
+    give, a kill during start-up) leaves config.yaml, metrics.jsonl or an empty checkpoints/ behind:
+    not a run, so the corrected command may use the directory.
+    """
+    return bool(checkpoint.complete_checkpoints(out / "checkpoints")) or (out / "final").is_dir()
 
 
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output directory {out} is a file, not a directory; give --output-dir a directory")
+    if resume and not holds_run(out):
+        what = "does not exist" if not out.exists() else f"holds no complete checkpoint under {out / 'checkpoints'}"
+        raise RunDirError(f"--resume: nothing to resume: {out} {what}; check the path, or leave out --resume to start a run")
     if holds_run(out) and not (resume or overwrite):
         raise RunDirError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if overwrite and out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # what a checkpoint write needs, found now rather than after the data work
+    except OSError as e:
+        raise RunDirError(f"output directory {out} is not writable ({e.strerror or e}); give --output-dir a directory "
+                          "you can write to") from None
 
 
 class RunDir:
@@ -48,6 +65,19 @@ class RunDir:
 
     def prepare(self, resume: bool, overwrite: bool) -> None:
         prepare_output_dir(self.path, resume, overwrite)
+
+    def finished(self, stage: str) -> bool:
+        """Whether the run here is complete (and then says so): final/ exported after its newest checkpoint,
+        the run's last step (a checkpoint without `total_steps` in its state: final/ alone)."""
+        found = checkpoint.complete_checkpoints(self.checkpoints)
+        if not (self.path / "final").is_dir() or not found:
+            return False
+        state = json.loads((found[-1][1] / checkpoint.STATE_FILE).read_text())
+        if state.get("total_steps", state["step"]) != state["step"]:
+            return False
+        print(f"[{stage}] run complete: {self.path} finished all {state['step']} steps (model: {self.path / 'final'}); "
+              "nothing to resume", flush=True)
+        return True
 
     def write_yaml(self, name: str, obj) -> None:
         (self.path / name).write_text(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
@@ -65,7 +95,9 @@ class RunDir:
         return checkpoint.latest_checkpoint(self.checkpoints, verify_checksums) if resume else None
 
     def save(self, write_files: Callable[[str], None], state: dict, keep: int) -> Path:
-        return checkpoint.save(write_files, self.checkpoints, state["step"], state, keep=keep)
+        path = checkpoint.save(write_files, self.checkpoints, state["step"], state, keep=keep)
+        print(f"[checkpoint] step {state['step']} saved: {path}", flush=True)
+        return path
 
     def checkpoint_of(self, step: int) -> Path:
         return self.checkpoints / checkpoint.step_name(step)
@@ -98,7 +130,8 @@ class Schedule:
                 or step in self.stage_ends)
 
     def evaluates(self, step: int) -> bool:
-        return self.eval_every > 0 and (step % self.eval_every == 0 or step == self.total_steps)
+        """Every `eval_every` steps, and at the end of each cascade stage and of the run (what each teacher achieved)."""
+        return self.eval_every > 0 and (step % self.eval_every == 0 or step == self.total_steps or step in self.stage_ends)
 
     def drains(self, step: int) -> bool:
         """Whether the step after `step` must sample from `step`'s own weights (no working ahead past it):
@@ -130,28 +163,9 @@ class NonFinite:
 
 
 def load_tokenizer(model: ModelConfig):
-    """The model's tokenizer (building the tiny suite first where the config points into it), checked
-    against the model's embedding."""
-    from transformers import AutoConfig, AutoTokenizer
-
+    """The model's tokenizer (building the tiny suite first where the config points into it)."""
     ensure_model(model.path, model.build_tiny_if_missing, model.tiny_seed)
-    require_model(model.path, "model.path")
-    tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
-    config = AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
-    check_vocabulary(model.path, len(tokenizer), config.get_text_config().vocab_size)
-    return tokenizer
-
-
-def check_vocabulary(path: str, tokens: int, rows: int) -> None:
-    """A tokenizer with more tokens than the embedding has rows would index past it: refused. Fewer is
-    legal — embeddings are padded past their tokenizer (Qwen3: 151,669 tokens, 151,936 rows) — but a
-    tokenizer that reaches under 90% of the rows is probably not the model's own: one line says so."""
-    if tokens > rows:
-        raise ConfigError(f"model.path {path}: its tokenizer has {tokens:,} tokens but the model's embedding only "
-                          f"{rows:,} rows; token ids {rows:,}..{tokens - 1:,} would index past it (a tokenizer of another model?)")
-    if tokens < 0.9 * rows:
-        print(f"[posttrain] note: model.path {path}: the tokenizer has {tokens:,} tokens, the embedding {rows:,} rows; "
-              f"rows {tokens:,}.. are padding no text produces (the model can still sample them)", flush=True)
+    return check_model_dir(model.path, "model.path", model.trust_remote_code)
 
 
 def start_ray(ray: RayConfig, cluster: ClusterConfig, address: str | None) -> None:

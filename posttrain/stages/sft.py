@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from posttrain.config import SFTConfig
+from posttrain.config import SFTConfig, to_dict
 from posttrain.data.sft import SFTData
 from posttrain.infra import faults
 from posttrain.infra.cluster import WorkerFailure
-from posttrain.infra.runlog import RunLog
+from posttrain.infra.runlog import RunLog, check_wandb
+from posttrain.infra.stopping import StopSignals
 from posttrain.losses import LOSSES
 from posttrain.models.params import train_flops_per_token
 from posttrain.stages.driver import NonFinite, RunDir, Schedule, load_tokenizer, start_ray
@@ -20,34 +21,37 @@ from posttrain.train.results import TrainStep
 
 def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
     run = RunDir(cfg.output_dir)
+    if resume and run.finished("sft"):  # nothing to do: said before any data, model or Ray work
+        return run.path / "final"
     run.prepare(resume, overwrite)
 
     # 1. Everything that can be wrong with the input is found here, before Ray or a model starts.
     tokenizer = load_tokenizer(cfg.model)
     check_lora(cfg.model, cfg.lora)
-    data = SFTData(cfg.data, tokenizer, seed=cfg.trainer.seed)
+    check_wandb(cfg.logging)
+    data = SFTData(cfg.data, tokenizer)
     total_steps = data.steps(cfg.trainer.global_batch_size, cfg.trainer.epochs, cfg.trainer.max_steps)
     print(f"[sft] data: {data.report.line()}; {total_steps} steps of {cfg.trainer.global_batch_size} sequences", flush=True)
     run.write_config(cfg)
     run.write_yaml("data_report.yaml", vars(data.report))
     found = run.resume_point(resume, cfg.checkpoint.verify_checksums)
-    state = found[1] if found else {"stage": "sft", "step": 0, "cursor": 0}
+    state = {**(found[1] if found else {"stage": "sft", "step": 0, "cursor": 0}), "total_steps": total_steps}
     schedule = Schedule(total_steps, cfg.checkpoint.every, cfg.trainer.stop_after_step)
     nonfinite = NonFinite(cfg.trainer)
     flops_per_token = _flops_per_token(cfg)
 
-    # 2. The trainer workers.
+    # 2. The trainer workers (Ctrl-C / SIGTERM from here on: finish the step, checkpoint, stop).
     start_ray(cfg.ray, cfg.cluster, ray_address)
-    with TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=tokenizer.pad_token_id,
-                      lora=cfg.lora) as group:
+    with StopSignals("sft") as stop, TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps,
+                                                  pad_id=tokenizer.pad_token_id, lora=cfg.lora) as group:
         run.write_placement({"trainer": group.placement_record()})
         if found is not None:
             group.load_checkpoint(str(run.checkpoints), found[0].name)
             print(f"[sft] resumed from {found[0]} (step {state['step']}, {state['cursor']} examples consumed)", flush=True)
 
         # 3. The loop.
-        with RunLog(run.path, total_steps, start_step=state["step"], tensorboard=cfg.logging.tensorboard,
-                    progress_bar=cfg.logging.progress_bar, every=cfg.logging.every, desc="sft") as log:
+        with RunLog(run.path, cfg.logging, total_steps, start_step=state["step"], desc="sft",
+                    run_config=to_dict(cfg)) as log:
             for step in range(state["step"] + 1, total_steps + 1):
                 started = time.perf_counter()
                 batches = data.batch(state["cursor"], cfg.trainer.global_batch_size)
@@ -60,10 +64,12 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
                 log.log({**_sft_record(step, result, time.perf_counter() - started, flops_per_token, cfg), **skipped})
                 faults.kill_self("kill_after_step", step)
                 too_many = nonfinite.too_many(state)
-                if schedule.saves(step, nonfinite=too_many):
+                if schedule.saves(step, nonfinite=too_many) or stop.requested:
                     run.save(lambda tag: group.save_checkpoint(str(run.checkpoints), tag), state, keep=cfg.checkpoint.keep)
                 if too_many:
                     raise nonfinite.error(state, run)
+                if stop.requested:
+                    raise stop.interrupted(run.path, step, run.checkpoint_of(step))
                 if schedule.stops(step):
                     print(f"[sft] stopped after step {step} (trainer.stop_after_step); continue with --resume", flush=True)
                     return run.checkpoint_of(step)

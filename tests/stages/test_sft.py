@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.stages.driver import RunDirError
 from posttrain.stages.sft import run_sft
-from tests.helpers import TINY_SFT as TINY, records, run_cli, sft_config as config
+from tests.helpers import TINY_SFT as TINY, hold_a_run, records, run_cli, sft_config as config
 
 
 def test_tiny_sft_learns_and_exports_an_hf_model(sft_run):
@@ -46,13 +46,13 @@ def test_two_workers_give_the_single_worker_first_step(tiny_models, ray_local, t
     AutoModelForCausalLM.from_pretrained(two / "final")
 
 
-def test_a_driver_killed_mid_checkpoint_resumes_to_the_uninterrupted_weights(tiny_models, ray_local, tmp_path):
+def test_a_driver_killed_mid_checkpoint_resumes_to_the_uninterrupted_weights(tiny_models, sft_straight, sft_fault_run,
+                                                                             tmp_path):
     """SIGKILL of the driver process while checkpoint 4 is half written (after checkpoint 2 is
     whole); `--resume` continues from step 2 and ends on exactly the uninterrupted run's weights."""
 
-    common = ("trainer.max_steps=6", "checkpoint.every=2", "logging.tensorboard=false")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_sft(config(tiny_models, straight, *common))
+    common = sft_fault_run
+    straight, resumed = sft_straight, tmp_path / "resumed"
     killed = run_cli(["sft", "--config", TINY, "--output-dir", str(resumed), f"model.path={tiny_models['student']}",
                       "logging.progress_bar=false", *common], fault="kill_during_checkpoint_write:4")
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -119,7 +119,6 @@ def test_a_dead_trainer_worker_stops_the_run_with_a_resumable_checkpoint(tiny_mo
 
 
 def test_an_output_dir_holding_a_run_is_refused(tiny_models, ray_local, tmp_path):
-    out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
+    out = hold_a_run(tmp_path / "run")
     with pytest.raises(RunDirError, match="already holds a run; pass --resume"):
         run_sft(config(tiny_models, out))

@@ -10,8 +10,9 @@ from posttrain.config import ConfigError, EvalConfig, OPDConfig
 from posttrain.engines.backends import backend
 from posttrain.engines.vllm import cpu_problem
 from posttrain.eval.tasks import TASKS, TaskExample, examples
+from posttrain.infra.runlog import check_wandb
 from posttrain.losses import LOSSES
-from posttrain.models.locate import require_model
+from posttrain.models.locate import check_model_dir, require_model
 from posttrain.models.tiny import MODEL_NAMES, ensure_model
 from posttrain.stages.driver import load_tokenizer
 from posttrain.train.lora import check_lora
@@ -30,6 +31,7 @@ def check_opd(cfg: OPDConfig):
     eval_examples = eval_set(cfg.eval)
     tokenizer = load_tokenizer(cfg.model)
     check_lora(cfg.model, cfg.lora)
+    check_wandb(cfg.logging)
     check_cascade(cfg, tokenizer)
     check_engines(cfg)
     return tokenizer, eval_examples
@@ -105,7 +107,7 @@ def eval_set(cfg: EvalConfig) -> list[TaskExample]:
 
 
 def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     if not cfg.teachers:
         raise ConfigError("teachers: the cascade is empty; give at least one teacher (config or --teacher PATH[:STEPS])")
@@ -115,8 +117,7 @@ def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
         if stage.steps <= 0:
             raise ConfigError(f"teachers[{i}] ({stage.path}): steps must be > 0, got {stage.steps}")
         ensure_model(stage.path, cfg.model.build_tiny_if_missing, cfg.model.tiny_seed)
-        require_model(stage.path, f"teachers[{i}]")
-        tokenizer = AutoTokenizer.from_pretrained(stage.path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = check_model_dir(stage.path, f"teachers[{i}]", cfg.model.trust_remote_code)
         config = AutoConfig.from_pretrained(stage.path, trust_remote_code=cfg.model.trust_remote_code)
         if tokenizer.get_vocab() != student_vocab or config.vocab_size < len(student_tokenizer):
             raise VocabularyMismatch(

@@ -37,14 +37,16 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_rollout(tiny_mo
     assert "Traceback" not in refused.stderr and not out.exists()
 
 
-def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, tmp_path):
-    """The shipped tiny config, from the SFT'd student as in the demo: each stage moves it to its teacher."""
+def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, tmp_path, capsys):
+    """The shipped tiny config, from the SFT'd student as in the demo: each stage moves it to its teacher;
+    the console says when the teacher changes, what each eval scored, each checkpoint saved, and the lr."""
     out = tmp_path / "opd"
     cfg = config(tiny_models, out, student=sft_run / "final")
     steps = [stage.steps for stage in load_config(OPDConfig, TINY).teachers]
     cfg.teachers = [TeacherStage(stage.path, n) for stage, n in zip(cfg.teachers, steps)]
     run_opd(cfg)
-    rows = records(out)
+    baseline, *rows = records(out)
+    assert baseline["step"] == 0 and "eval/addition" in baseline  # the student before any OPD step
     assert [r["stage"] for r in rows] == [1] * steps[0] + [2] * steps[1]
     assert rows[0]["teacher"].endswith("teacher-moe") and rows[-1]["teacher"].endswith("teacher-next")
     for stage in (1, 2):
@@ -54,12 +56,20 @@ def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, t
                 "eval/addition", "eval/repeat", "expert_imbalance"):
         assert key in rows[-1]
     assert [r["step"] for r in rows if "eval/addition" in r] == list(range(10, len(rows) + 1, 10))
+    console = capsys.readouterr().out
+    assert f"[opd] teacher 1/2: {tiny_models['teacher-moe']}, steps 1-{steps[0]}\n" in console
+    assert f"[opd] teacher 2/2: {tiny_models['teacher-next']}, steps {steps[0] + 1}-{sum(steps)} (the reverse KL is " \
+           "measured against this teacher from here on)" in console
+    assert re.search(r"\[opd\] eval at step 0: accuracy addition \d\.\d{3}.* repeat \d\.\d{3}", console), console
+    assert re.search(rf"\[checkpoint\] step \d+ saved: {out}/checkpoints/step_\d+", console), console
+    assert re.search(rf"step +{sum(steps)}/{sum(steps)} \|.* reverse_kl [^|]+ \| lr [^|]+ \|", console), console
 
     # posttrain report: the plots and the page, from this run's metrics.
     from posttrain.cli import main
 
     assert main(["report", str(out)]) == 0
-    for name in ("loss.png", "reverse_kl.png", "eval.png", "tokens_per_s.png", "time_split.png", "expert_load.png"):
+    for name in ("loss.png", "reverse_kl.png", "eval.png", "optimizer.png", "tokens_per_s.png", "time_split.png",
+                 "expert_load.png"):
         assert (out / "report" / name).stat().st_size > 1000
     page = (out / "report.md").read_text()
     assert "![reverse_kl.png](report/reverse_kl.png)" in page and "teacher-next" in page
