@@ -125,7 +125,7 @@ def test_rollout_weights_equal_the_trainers_after_a_sync(tiny_models, ray_local)
     rollout = RolloutGroup(cfg.model.path, RolloutConfig(sync_bucket_mb=1))
     try:
         ids = list(range(10, 40))
-        extras = {"sampler_logprobs": torch.full((30,), -3.0), "teacher_logprobs": torch.full((30,), -1.0)}
+        extras = {"sampler_logprobs": torch.full((30,), -3.0), "advantages": torch.full((30,), -2.0)}
         trainer.train_step(pack([(ids, [0] * 10 + [1] * 20, extras)], 256), LOSSES["sampled"], cfg.loss)
         refs = trainer.weight_buckets(1)
         assert len(refs) > 1  # several buckets, not one tensor per call nor one blob
