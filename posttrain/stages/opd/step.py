@@ -97,8 +97,9 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
     #    needs the whole batch (the advantages' baseline and normalisation) is computed here, first.
     loss = LOSSES[cfg.loss.mode].configured(cfg.loss)
     advantages = step_advantages(got, loss, cfg)
+    per_sample = advantages.per_sample if advantages else [None] * len(got.samples)
     examples = [training_example(prompts[s.prompt_index].input_ids, s, scores, loss.inputs, advantage)
-                for s, scores, advantage in zip(got.samples, got.scores, advantages.per_sample)]
+                for s, scores, advantage in zip(got.samples, got.scores, per_sample)]
     result = trainer.train_step(pack(examples, cfg.data.pack_tokens), loss, cfg.loss)
     train_s, timer = time.perf_counter() - timer, time.perf_counter()
 
@@ -121,13 +122,14 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
         lr=result.lr, grad_norm=result.grad_norm, skipped=result.skipped,
         grad_clipped=result.grad_norm is not None and 0 < cfg.optim.grad_clip < result.grad_norm,
         padding={**rollout.padding(prompt_lens, response_lens), **teacher.padding(prompt_lens, response_lens)},
-        router=result.router_metrics(), loss_metrics=result.loss_metrics(), advantage=advantages.stats())
+        router=result.router_metrics(), loss_metrics=result.loss_metrics(),
+        advantage=advantages.stats() if advantages else {})
 
 
-def step_advantages(got: Generated, loss: Loss, cfg: OPDConfig) -> Advantages:
-    """The sampled-token advantages of the global batch, where the loss takes them (none otherwise)."""
+def step_advantages(got: Generated, loss: Loss, cfg: OPDConfig) -> Advantages | None:
+    """The sampled-token advantages of the global batch, where the loss takes them (None otherwise)."""
     if "advantages" not in loss.inputs:
-        return Advantages([None] * len(got.samples), 0.0, 0.0, 0.0, 0.0)
+        return None
     return batch_advantages([torch.tensor(s.sampler_logprobs) for s in got.samples],
                             [scores.logprobs for scores in got.scores], [s.prompt_index for s in got.samples], cfg.loss)
 
