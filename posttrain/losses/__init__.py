@@ -63,7 +63,7 @@ LOSSES: dict[str, Loss] = {
     "sampled": Loss(sampled_reverse_kl, inputs=("sampler_logprobs", "advantages"),
                     metric_inputs=("teacher_logprobs", *TOPK)),
     "topk": Loss(topk_reverse_kl, inputs=TOPK, metric_inputs=("teacher_logprobs",)),
-    "topk_sampled": Loss(topk_sampled_reverse_kl, inputs=("sampler_logprobs", "teacher_logprobs", "advantages", *TOPK)),
+    "topk_sampled": Loss(topk_sampled_reverse_kl, inputs=("sampler_logprobs", "teacher_logprobs", *TOPK)),
 }
 
 

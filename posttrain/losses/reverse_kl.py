@@ -17,9 +17,11 @@ The objective is the reverse KL, KL(p ‖ q) = Σ_v p_v (log p_v − log q_v), w
   bucket treats the tail as one outcome, so this is a lower bound of the full KL and says nothing about
   the shape of the student's tail.
 - `topk_sampled`: the top-k terms exactly, and beyond the top-k the sampled token's term: the gradient
-  Σ_{v∈K} ∇p_v (log p_v − log q_v) + 1[y∉K] A ∇log p(y), whose expectation over y is the full reverse-KL
-  gradient (the tail's sum Σ_{v∉K} p_v (log p_v − log q_v) ∇log p_v, estimated by the one draw). Dense
-  targets at every position, with the sampled-token correction only where the top-k does not reach.
+  Σ_{v∈K} ∇p_v (log p_v − log q_v) + c ∇p_tail + 1[y∉K] (log p(y) − log q(y) − c) ∇log p(y), with c the
+  tail bucket's log-ratio at that position, whose expectation over y is the full reverse-KL gradient (the
+  tail's sum Σ_{v∉K} ∇p_v (log p_v − log q_v), its bucket part exactly and the rest estimated by the one
+  draw). Dense targets at every position, the sampled-token correction only where the top-k does not reach.
+  It takes no `advantages`: its baseline (c) is per token, from the logits.
 
 Every loss here reports `reverse_kl_topk`: Σ_{v∈K} p_v (log p_v − log q_v) + 1[y∉K](log p(y) − log q(y)),
 an unbiased estimate of the full reverse KL that is exact over the top-k (beside the step's single-sample
@@ -68,20 +70,30 @@ def topk_reverse_kl(logits_NV: torch.Tensor, targets_N: torch.Tensor, cfg: LossC
 
 
 def topk_sampled_reverse_kl(logits_NV: torch.Tensor, targets_N: torch.Tensor, cfg: LossConfig, *,
-                            sampler_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, advantages: torch.Tensor,
+                            sampler_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor,
                             teacher_topk_ids: torch.Tensor, teacher_topk_logprobs: torch.Tensor):
-    """The top-k terms exactly, the sampled token's policy-gradient term where it lies outside the top-k."""
+    """The top-k terms exactly; beyond the top-k, the tail bucket's term exactly and the sampled token's
+    deviation from it, as a policy-gradient term (the bucket's log-ratio is its per-token baseline)."""
     logp_NV = torch.log_softmax(logits_NV.float(), dim=-1)
     part = TopK(logp_NV, targets_N, teacher_topk_ids, teacher_topk_logprobs)
     # Σ_K p · stopgrad(log p − log q): its gradient is Σ_K ∇p (log p − log q), the top-k's share of ∇KL
     # (differentiating the log too would add Σ_K ∇p = −∇(tail mass), which is not part of ∇KL).
-    dense_N = (part.p_NK * (part.logp_NK - teacher_topk_logprobs).detach()).sum(-1)
+    loss_N = (part.p_NK * (part.logp_NK - teacher_topk_logprobs).detach()).sum(-1)
     logp_N = logp_NV.gather(-1, targets_N[:, None])[:, 0]
-    tail_N, clipped_N = clipped_policy_gradient(logp_N, sampler_logprobs, advantages, cfg.clip_ratio)
+    metrics = {"reverse_kl_topk": part.exact_kl(logp_N.detach(), teacher_logprobs)}
+    if teacher_topk_ids.shape[-1] >= logits_NV.shape[-1]:
+        return loss_N, metrics  # the teacher's full distribution: nothing left to sample
+    # The tail's share, Σ_{v∉K} ∇p_v (log p_v − log q_v), split around the bucket's log-ratio c (one number
+    # per position): c · ∇p_tail exactly, plus E_y[1(y∉K)(log p_y − log q_y − c) ∇log p_y] from the one draw.
+    # c is a baseline (it does not depend on y), so the sum stays unbiased; it takes out the bulk of the
+    # tail's log-ratio (a teacher's tail token sits ~10 nats below the student's), and with it most variance.
+    teacher_tail_N = log1mexp(torch.logsumexp(teacher_topk_logprobs.double(), dim=-1)).float()
+    c_N = (part.tail_logp_N - teacher_tail_N).detach()
+    loss_N = loss_N + part.tail_logp_N.exp() * c_N
+    advantage_N = -cfg.kl_coef * (sampler_logprobs - teacher_logprobs - c_N)
+    tail_N, clipped_N = clipped_policy_gradient(logp_N, sampler_logprobs, advantage_N, cfg.clip_ratio)
     outside_N = (~part.in_topk_N).float()
-    return dense_N + outside_N * tail_N, {
-        "clip_frac": clipped_N * outside_N, "outside_topk": outside_N,
-        "reverse_kl_topk": part.exact_kl(logp_N.detach(), teacher_logprobs)}
+    return loss_N + outside_N * tail_N, {**metrics, "clip_frac": clipped_N * outside_N, "outside_topk": outside_N}
 
 
 # --------------------------------------------------------------------------------------------------
