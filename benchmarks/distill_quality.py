@@ -63,7 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--samples-per-prompt", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--eval-limit", type=int, default=200, help="eval-split examples per task")
-    p.add_argument("--arms", default="", help="comma-separated arm keys (default: the table's arms)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of every worker and of the driver's evaluation (0: the configs' own); 1 keeps "
+                        "a contended machine's OpenMP barriers from stalling (results do not depend on it)")
+    p.add_argument("--arms", default="", help="comma-separated arm keys, run in that order (default: the table's arms)")
     p.add_argument("--variants", action="store_true", help="also run every variant of the lab log")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--docs-only", action="store_true", help="re-render docs/ from WORK_DIR/results.json")
@@ -167,6 +170,14 @@ class Flops:
 # --------------------------------------------------------------------------------------------------
 
 
+THREADS = {"n": 0}  # --threads, for every stage this process starts
+
+
+def threads(groups: tuple[str, ...] = ("trainer",)) -> list[str]:
+    n = THREADS["n"]
+    return [f"{group}.threads_per_worker={n}" for group in groups] if n else []
+
+
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -181,7 +192,7 @@ def sft(model: Path, mixture: Path, out: Path, steps: int, lr: float, batch: int
         f"model.path={model}", "model.build_tiny_if_missing=false", f"data.mixture={mixture}",
         f"trainer.max_steps={steps}", f"trainer.global_batch_size={batch}", f"optim.lr={lr}", f"optim.min_lr={lr / 10}",
         f"optim.warmup_steps={warmup}", f"output_dir={out}", f"checkpoint.every={steps}", "checkpoint.keep=1",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.every=50", *extra])
+        "logging.progress_bar=false", "logging.tensorboard=false", "logging.every=50", *threads(), *extra])
     final = run_sft(cfg, overwrite=True)
     return {"model": str(final), "tokens": sum(r["tokens"] for r in records(out)), "steps": steps,
             "wall_s": time.perf_counter() - started}
@@ -199,7 +210,7 @@ def opd(student: Path, teacher: Path, mixture: Path, out: Path, steps: int, args
         f"rollout.samples_per_prompt={args.samples_per_prompt}", f"rollout.max_new_tokens={args.max_new_tokens}",
         f"output_dir={out}", f"eval.every={max(1, steps // 4)}", "eval.limit=64", f"eval.tasks=[{','.join(tasks)}]",
         f"eval.max_new_tokens={args.max_new_tokens}", f"checkpoint.every={steps}", "checkpoint.keep=1",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.every=25", *overrides])
+        "logging.progress_bar=false", "logging.tensorboard=false", "logging.every=25", *threads(("trainer", "rollout", "teacher")), *overrides])
     cfg.teachers = [TeacherStage(str(teacher), steps)]
     final = run_opd(cfg, overwrite=True)
     rows = records(out)
@@ -254,7 +265,7 @@ def run_arm(arm: Arm, setup: Setup, log) -> dict:
     # What the arm's result depends on (not its name): arms that train alike share one run.
     spec = {"kind": arm.kind, "overrides": list(arm.overrides), "budget": setup.budget, "teacher": str(setup.teacher),
             "student": str(setup.student),
-            "args": {k: v for k, v in vars(setup.args).items() if k not in ("arms", "variants", "no_docs", "docs_only")}}
+            "args": {k: v for k, v in vars(setup.args).items() if k not in ("arms", "variants", "no_docs", "docs_only", "threads")}}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = setup.work / "arms" / f"{arm.kind}-{digest}"
     cached = out / "arm.json"
@@ -324,6 +335,11 @@ def main(argv=None) -> int:
     from posttrain.models.tiny import build_tiny_suite
 
     quiet_library_progress()
+    if args.threads:
+        import torch
+
+        THREADS["n"] = args.threads
+        torch.set_num_threads(args.threads)
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     log = lambda msg: print(f"[distill_quality {time.perf_counter() - began:6.0f}s] {msg}", flush=True)  # noqa: E731
@@ -335,7 +351,7 @@ def main(argv=None) -> int:
         teacher = base_model("teacher", models["teacher-moe"], args, work, sft_mix, args.teacher_steps, log)
         student = base_model("student_start", models["student"], args, work, sft_mix, args.student_start_steps, log)
         setup = make_setup(args, work, tasks, teacher, student, sft_mix, opd_mix, train_examples)
-        chosen = [a for a in ARMS + (VARIANTS if args.variants else []) if not args.arms or a.key in args.arms.split(",")]
+        chosen = choose_arms(args)
         results = {"arms": {a.key: run_arm(a, setup, log) for a in chosen}}
     finally:
         ray.shutdown()
@@ -357,6 +373,17 @@ def main(argv=None) -> int:
         plot(summary, ROOT / "docs" / "distillation_quality.png")
     log(f"done; results in {previous}")
     return 0
+
+
+def choose_arms(args) -> list[Arm]:
+    """The table's arms (and the variants with --variants), or those --arms names, in its order."""
+    if not args.arms:
+        return ARMS + (VARIANTS if args.variants else [])
+    known = {a.key: a for a in ARMS + VARIANTS}
+    unknown = [k for k in args.arms.split(",") if k and k not in known and k != "none"]
+    if unknown:
+        raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms: {', '.join(known)}")
+    return [known[k] for k in args.arms.split(",") if k in known]
 
 
 def make_setup(args, work: Path, tasks: list[str], teacher: Path, student: Path, sft_mix: Path, opd_mix: Path,
