@@ -37,15 +37,18 @@ def sampled(key: str, label: str, *overrides: str) -> Arm:
 
 # The levers the OPD literature and the peers use, each alone on top of the card's mode, then the dense modes.
 VARIANTS = [
-    sampled("lr3e-4", "lr 3e-4", "optim.lr=3e-4"),
     sampled("warmup", "lr warm-up 20 steps", "optim.warmup_steps=20"),
+    sampled("lr3e-4", "lr 3e-4", "optim.lr=3e-4"),
     sampled("noclip", "no gradient clipping", "optim.grad_clip=0"),
     sampled("batchmean", "batch-mean baseline, normalised (GRPO-style, per token)", "loss.baseline=batch_mean",
             "loss.normalize_advantages=true"),
-    sampled("advclip", "advantages clamped to ±3", "loss.advantage_clip=3"),
     sampled("4samples", "16 prompts x 4 samples, leave-one-out baseline", "rollout.prompts_per_step=16",
             "rollout.samples_per_prompt=4", "loss.baseline=prompt_mean"),
     sampled("bigbatch", "4x token batch (128 prompts x 2), a quarter of the steps", "rollout.prompts_per_step=128"),
     Arm("v_topk_sampled_lr3e-3", "topk_sampled, lr 3e-3", "opd", ("loss.mode=topk_sampled", "optim.lr=3e-3")),
-    Arm("v_full", "the teacher's full distribution (topk, k = vocabulary)", "opd", ("loss.mode=topk", "loss.topk=4096")),
+    Arm("v_topk_lr3e-3", "topk, lr 3e-3", "opd", ("loss.mode=topk", "optim.lr=3e-3")),
+    Arm("v_full_lr3e-3", "the teacher's full distribution (k = vocabulary), lr 3e-3", "opd",
+        ("loss.mode=topk", "loss.topk=4096", "optim.lr=3e-3")),
+    Arm("v_topk_sampled_lr3e-3_cosine", "topk_sampled, lr 3e-3, warm-up 10, cosine to 3e-4", "opd",
+        ("loss.mode=topk_sampled", "optim.lr=3e-3", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=3e-4")),
 ]

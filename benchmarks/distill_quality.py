@@ -329,7 +329,6 @@ def main(argv=None) -> int:
     import ray
 
     from posttrain.config import RayConfig
-    from posttrain.eval.run import evaluate
     from posttrain.infra.cluster import init_ray
     from posttrain.infra.runlog import quiet_library_progress
     from posttrain.models.tiny import build_tiny_suite
@@ -355,10 +354,8 @@ def main(argv=None) -> int:
         results = {"arms": {a.key: run_arm(a, setup, log) for a in chosen}}
     finally:
         ray.shutdown()
-    log("evaluating the teacher and the student start")
-    results["teacher"] = evaluate(str(teacher), tasks, limit=args.eval_limit, seed=0, max_new_tokens=args.max_new_tokens)
-    results["start"] = evaluate(str(student), tasks, limit=args.eval_limit, teacher=str(teacher), seed=0,
-                                max_new_tokens=args.max_new_tokens)
+    results["teacher"] = cached_eval(work / "teacher", teacher, None, args, tasks, log)
+    results["start"] = cached_eval(work / "student_start", student, teacher, args, tasks, log)
     summary = {"args": vars(args), "tasks": tasks, "budget": setup.budget, "flops_per_token": asdict(setup.flops),
                "recommended": RECOMMENDED, "labels": {a.key: a.label for a in ARMS + VARIANTS},
                "variant_keys": [a.key for a in VARIANTS], "total_wall_s": time.perf_counter() - began, **results}
@@ -373,6 +370,22 @@ def main(argv=None) -> int:
         plot(summary, ROOT / "docs" / "distillation_quality.png")
     log(f"done; results in {previous}")
     return 0
+
+
+def cached_eval(where: Path, model: Path, teacher: Path | None, args, tasks: list[str], log) -> dict:
+    """`evaluate` of the teacher or the student start, kept beside it for the next run."""
+    from posttrain.eval.run import evaluate
+
+    spec = {"model": str(model), "teacher": str(teacher), "tasks": tasks, "limit": args.eval_limit,
+            "max_new_tokens": args.max_new_tokens}
+    path = where / "eval.json"
+    if path.exists() and json.loads(path.read_text())["spec"] == spec:
+        return json.loads(path.read_text())["result"]
+    log(f"evaluating {where.name}")
+    result = evaluate(str(model), tasks, limit=args.eval_limit, teacher=None if teacher is None else str(teacher), seed=0,
+                      max_new_tokens=args.max_new_tokens)
+    path.write_text(json.dumps({"spec": spec, "result": result}))
+    return result
 
 
 def choose_arms(args) -> list[Arm]:

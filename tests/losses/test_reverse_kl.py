@@ -222,3 +222,13 @@ def test_clipping_stops_the_gradient_once_the_ratio_left_the_trust_region():
     loss, metrics = sampled(logits_1V, torch.tensor([0]), stale_sampler, torch.tensor([1.0]))
     (grad,) = torch.autograd.grad(loss.sum(), logits_1V)
     assert grad.abs().sum() == 0 and metrics["clip_frac"].item() == 1
+
+
+def test_the_sampled_loss_asks_for_the_teachers_top_k_only_for_its_metric():
+    from posttrain.losses import LOSSES
+
+    with_metric = LOSSES["sampled"].configured(LossConfig(topk=20))
+    assert with_metric.needs_teacher_topk and "teacher_logprobs" in with_metric.inputs
+    plain = LOSSES["sampled"].configured(LossConfig(topk=0))  # the card's traffic: the sampled token's log-prob only
+    assert plain.inputs == ("sampler_logprobs", "advantages") and not plain.needs_teacher_topk
+    assert LOSSES["topk_sampled"].configured(LossConfig(topk=20)).needs_teacher_topk
