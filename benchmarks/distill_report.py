@@ -116,8 +116,9 @@ def write_docs(summary: dict, docs: Path) -> None:
     text = f"""# Distillation quality at tiny scale: OPD against sequence-level KD at equal FLOPs
 
 Measured by `python benchmarks/distill_quality.py` on this project's 2-core CPU (no GPU, shared with other
-jobs), {time.strftime('%Y-%m-%d')}; this run took {summary['total_wall_s'] / 60:.0f} minutes (finished arms are reused
-on a rerun). `--docs-only` re-renders this page from `{a['work_dir']}/results.json`; `--variants` adds
+jobs), {time.strftime('%Y-%m-%d')}. Training the arms took {sum(arm['run']['wall_s'] for arm in summary['arms'].values()) / 60:.0f}
+minutes in all (wall s per arm in the table; the last invocation {summary['total_wall_s'] / 60:.0f} minutes: finished arms are
+reused on a rerun). `--docs-only` re-renders this page from `{a['work_dir']}/results.json`; `--variants` adds
 the lab log's runs.
 
 {findings(summary)}
