@@ -109,6 +109,8 @@ def tried(summary: dict, gap: dict) -> str:
                 "were not run in this session: `python benchmarks/distill_quality.py --variants` runs them (~10 min each "
                 "on this machine) and this page then lists them below.")
     best = max(ran, key=lambda k: sum(gap[k].values()))
-    return (f"**What was tried.** {len(ran)} training variant(s) ran (lab log below); the best by mean gap closed: "
-            f"{summary['labels'].get(best, best)} ("
-            + ", ".join(f"{t} {v:+.0%}" for t, v in gap[best].items()) + ").")
+    not_run = [summary["labels"].get(k, k) for k in summary.get("variant_keys", []) if k not in gap]
+    return (f"**What was tried.** Beside the estimators' gradients (above), {len(ran)} training variant(s) ran (lab log "
+            f"below); the best by mean gap closed: {summary['labels'].get(best, best)} ("
+            + ", ".join(f"{t} {v:+.0%}" for t, v in gap[best].items()) + "), still far behind sequence-level KD. "
+            + (f"Not run yet (`--variants` runs them, ~15 min each on this machine): {'; '.join(not_run)}." if not_run else ""))

@@ -101,7 +101,8 @@ def lab_log(summary: dict) -> str:
         arm, result = arms[key], arms[key]["eval"]
         tail = arm["run"].get("curve", [])[-max(1, len(arm["run"].get("curve", [])) // 4):]
         mean = lambda name: (sum(r[name] for r in tail if r.get(name) is not None) /  # noqa: E731
-                             max(1, sum(1 for r in tail if r.get(name) is not None))) if tail else float("nan")
+                             max(1, sum(1 for r in tail if r.get(name) is not None))
+                             if any(r.get(name) is not None for r in tail) else float("nan"))  # nan: not logged
         accs = " | ".join(f"{accuracy(result, t):.3f} ({gap_closed(summary, result, t):+.0%})" for t in tasks)
         lines.append(f"| {summary['labels'].get(key, key)} | {accs} | {result['teacher_kl']['reverse_kl']:.3f} | "
                      f"{mean('grad_norm'):.2f} | {mean('grad_clipped'):.0%} | {mean('adv_std'):.2f} | "
