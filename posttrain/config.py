@@ -258,6 +258,8 @@ class RolloutConfig:
     prompts_per_step: int = positive(8)
     samples_per_prompt: int = positive(2)
     max_new_tokens: int = positive(64)
+    # OPD samples the student's own distribution: both must stay 1 (refused otherwise, with the reason:
+    # `_check_sampling`). The fields remain for the engines' generation API.
     temperature: float = positive(1.0)
     top_p: float = 1.0
     batch_size: int = 16  # sequences generated together by one hf worker
@@ -301,12 +303,22 @@ class TeacherConfig:
 
 @dataclass
 class LossConfig:
-    # A loss by name (posttrain.losses.LOSSES): sampled — the per-token reverse KL as an advantage;
-    # topk — the reverse KL over the teacher's top-k (+ a tail bucket).
+    # A loss by name (posttrain.losses.LOSSES; the estimators and what each costs: posttrain.losses.reverse_kl):
+    # sampled — the sampled token's reverse KL as an advantage (the card's recipe); topk — the reverse KL
+    # over the teacher's top-k (+ a tail bucket); topk_sampled — the top-k terms exactly and the sampled
+    # token's term beyond them (an unbiased estimate of the full reverse KL's gradient).
     mode: str = "sampled"
     kl_coef: float = 1.0
     clip_ratio: float = 0.2  # importance-ratio clip (PPO-style), against sampler/trainer mismatch
-    topk: int = 20  # for mode=topk
+    # The teacher's top-k returned per response token: the target of the topk modes (k >= the vocabulary:
+    # the teacher's full distribution), and for sampled mode the `reverse_kl_topk` metric; 0: none (sampled only).
+    topk: int = non_negative(20)
+    # The sampled-token advantage, over the global batch (posttrain.losses.advantages): a baseline
+    # (none | batch_mean | prompt_mean: leave-one-out over the prompt's other samples), a division by
+    # the batch's standard deviation, and a clamp of |A| (0: off).
+    baseline: str = one_of("none", "none", "batch_mean", "prompt_mean")
+    normalize_advantages: bool = False
+    advantage_clip: float = non_negative(0.0)
 
 
 @dataclass
@@ -472,6 +484,7 @@ def _check_values(cfg, where: str) -> None:
     if hasattr(cfg, "output_dir"):
         cfg.output_dir = check_output_dir(cfg.output_dir, where)
     _check_levers(cfg, where)
+    _check_sampling(cfg, where)
 
 
 def _walk(node, prefix: str, label: str = ""):
@@ -524,6 +537,32 @@ def _check_levers(cfg, where: str) -> None:
         if router and getattr(cfg.trainer, "freeze_router", False):
             raise ConfigError(f"{where}: 'lora.target_parameters' adapts the router ({router[0]}) but "
                               "'trainer.freeze_router' is true; drop one of them")
+
+
+def _check_sampling(cfg, where: str) -> None:
+    """OPD's sampler must draw from the distribution the trainer scores: the student's plain softmax.
+
+    The loss's importance ratio is exp(log π_train − log π_sampler) with log π_train from the trainer's
+    temperature-1 softmax, and the advantage and the logged `reverse_kl` are log π_sampler − log π_teacher,
+    the reverse KL of the student as it is exported. A tempered or truncated sampler breaks all three
+    (measured, tiny suite: temperature 0.7 gave ratios 0.45–18.7 and clipped 25% of the tokens at step 1;
+    top_p 0.9 a ratio of 0.90 on every token), so such a config is refused rather than silently wrong.
+    """
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is None:
+        return
+    why = ("OPD trains the student's own distribution: the loss's importance ratio compares the trainer's plain "
+           "softmax with the sampler's log-probs, and the advantage and the logged reverse_kl are "
+           "log π_sampler − log π_teacher, the reverse KL of the student as exported, only when the sampler draws "
+           "from that same distribution")
+    if rollout.temperature != 1.0:
+        raise ConfigError(f"{where}: 'rollout.temperature' must be 1.0 for OPD, got {rollout.temperature!r}: {why}; "
+                          f"at temperature {rollout.temperature} the sampler draws from another one (ratios off on "
+                          "every token, the logged KL that of a tempered student). The card's recipe samples at 1.0")
+    if rollout.top_p != 1.0:
+        raise ConfigError(f"{where}: 'rollout.top_p' must be 1.0 for OPD, got {rollout.top_p!r}: {why}; top-p "
+                          "truncates the sampler's distribution to a nucleus the trainer does not see (every ratio "
+                          "off by the nucleus' mass). The card's recipe samples with top_p 1.0")
 
 
 def check_output_dir(output_dir: str, where: str = "config") -> str:

@@ -104,7 +104,8 @@ def packed_batch(vocab: int, seed: int = 0):
         extras = {"sampler_logprobs": -3 * torch.rand(length, generator=g),
                   "teacher_logprobs": -3 * torch.rand(length, generator=g),
                   "teacher_topk_ids": torch.randint(0, vocab, (length, LOSS_CFG.topk), generator=g),
-                  "teacher_topk_logprobs": torch.log_softmax(torch.randn(length, LOSS_CFG.topk, generator=g), -1) - 0.3}
+                  "teacher_topk_logprobs": torch.log_softmax(torch.randn(length, LOSS_CFG.topk, generator=g), -1) - 0.3,
+                  "advantages": torch.randn(length, generator=g)}
         examples.append((ids, [0] * (length // 2) + [1] * (length - length // 2), extras))
     (batch,) = pack(examples, 128)
     return batch

@@ -39,8 +39,8 @@ def rollout_size(cfg: OPDConfig) -> EngineSize:
 
 
 def teacher_topk(cfg: OPDConfig) -> int:
-    """The teacher's top-k log-probs per position that the loss needs (0: none)."""
-    return cfg.loss.topk if LOSSES[cfg.loss.mode].needs_teacher_topk else 0
+    """The teacher's top-k log-probs per position that the loss needs, for itself or its metrics (0: none)."""
+    return cfg.loss.topk if LOSSES[cfg.loss.mode].configured(cfg.loss).needs_teacher_topk else 0
 
 
 def teacher_size(cfg: OPDConfig) -> EngineSize:

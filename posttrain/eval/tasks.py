@@ -3,6 +3,9 @@
 - `addition`: "what is a plus b?" in 12 languages (Latin, CJK, Hangul, Arabic, Cyrillic, Devanagari
   and Thai scripts); correct when the last integer of the response is the sum.
 - `repeat`: "repeat the word W n times"; correct when the response is exactly the words.
+- `chain`: "add a, b and c step by step", answered one addition at a time ("3 + 5 = 8. 8 + 8 = 16.
+  The answer is 16."): each step starts from the previous step's result, so a model's own early
+  mistake changes what follows; correct when the last integer of the response is the sum.
 
 Each prompt belongs to the train or the eval split by a hash of its text, so the splits never
 overlap whatever generates them (the shipped data, the quality benchmark, `posttrain eval`).
@@ -40,6 +43,9 @@ WORD_POOL = ["river", "garden", "window", "planet", "silver", "market", "candle"
              "bridge", "island", "valley", "thunder", "lantern", "compass", "feather", "blanket"]
 REPEAT_TEMPLATE = "Repeat the word '{word}' {n} times, separated by spaces."
 
+CHAIN_TEMPLATE = "Add {a}, {b} and {c} step by step."
+CHAIN_OPERANDS = range(0, 10)  # 1,000 prompts; every step (a + b, then s + c) also occurs in other prompts
+
 
 @dataclass(frozen=True)
 class TaskExample:
@@ -71,16 +77,24 @@ def repeat_example(word: str, n: int) -> TaskExample:
     return TaskExample("repeat", "en", REPEAT_TEMPLATE.format(word=word, n=n), words, words)
 
 
+def chain_example(a: int, b: int, c: int) -> TaskExample:
+    first, total = a + b, a + b + c
+    response = f"{a} + {b} = {first}. {first} + {c} = {total}. The answer is {total}."
+    return TaskExample("chain", "en", CHAIN_TEMPLATE.format(a=a, b=b, c=c), str(total), response)
+
+
 def all_examples(task: str) -> list[TaskExample]:
     if task == "addition":
         return [addition_example(lang, a, b) for lang in ADDITION
                 for a in ADDITION_OPERANDS for b in ADDITION_OPERANDS]
     if task == "repeat":
         return [repeat_example(word, n) for word in WORD_POOL for n in (2, 3, 4)]
+    if task == "chain":
+        return [chain_example(a, b, c) for a in CHAIN_OPERANDS for b in CHAIN_OPERANDS for c in CHAIN_OPERANDS]
     raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
 
 
-TASKS = ("addition", "repeat")
+TASKS = ("addition", "repeat", "chain")
 
 
 def examples(task: str, split: str, limit: int | None = None, seed: int = 0) -> list[TaskExample]:
@@ -97,7 +111,7 @@ _INTEGER = re.compile(r"-?\d+")
 
 def is_correct(example: TaskExample, response: str) -> bool:
     text = response.strip()
-    if example.task == "addition":
+    if example.task in ("addition", "chain"):
         numbers = _INTEGER.findall(text)
         return bool(numbers) and numbers[-1] == example.answer
     return text.rstrip(".") == example.answer

@@ -13,6 +13,9 @@ from the rollout's `Sample` and the teacher's `Scores`):
     teacher_logprobs [N]           the teacher's log-prob of that token (temperature 1)
     teacher_topk_ids [N, k]        the teacher's top-k token ids at that position
     teacher_topk_logprobs [N, k]   and their log-probs
+    advantages [N]                 the sampled token's advantage, −kl_coef · (sampler − teacher log-prob),
+                                   with the baseline / normalisation of the global batch
+                                   (posttrain.losses.advantages; computed before training)
 
 `metrics` maps a metric name to a per-token tensor [N] (what tells whether the loss is healthy: a
 clipped fraction, an exact KL beside the sampled one); the trainer sums each over the target tokens and
@@ -26,34 +29,46 @@ its name is then valid for `loss.mode`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from posttrain.losses.reverse_kl import sampled_reverse_kl, topk_reverse_kl
+from posttrain.config import LossConfig
+from posttrain.losses.reverse_kl import sampled_reverse_kl, topk_reverse_kl, topk_sampled_reverse_kl
 from posttrain.losses.tokens import nll
 
-TOKEN_INPUTS = ("sampler_logprobs", "teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+TOKEN_INPUTS = ("sampler_logprobs", "teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs", "advantages")
+TOPK = ("teacher_topk_ids", "teacher_topk_logprobs")
 
 
 @dataclass(frozen=True)
 class Loss:
     fn: Callable  # (logits_NV, targets_N, cfg, **inputs) -> loss_N, or (loss_N, {metric: values_N})
     inputs: tuple[str, ...] = ()  # of TOKEN_INPUTS: the keyword arguments `fn` takes
+    # Inputs used only for metrics (the top-k reverse KL beside a sampled estimate): passed when the
+    # teacher's top-k is asked for (loss.topk > 0), left out otherwise; `fn` defaults them to None.
+    metric_inputs: tuple[str, ...] = ()
 
     @property
     def needs_teacher_topk(self) -> bool:
-        return any(name.startswith("teacher_topk") for name in self.inputs)
+        return any(name in TOPK for name in self.inputs)
+
+    def configured(self, cfg: LossConfig) -> "Loss":
+        """This loss with the inputs a run under `cfg` gives it: its metric inputs where top-k is asked for."""
+        extra = tuple(i for i in self.metric_inputs if cfg.topk > 0 and i not in self.inputs)
+        return replace(self, inputs=self.inputs + extra, metric_inputs=())
 
 
 LOSSES: dict[str, Loss] = {
     "nll": Loss(nll),
-    "sampled": Loss(sampled_reverse_kl, inputs=("sampler_logprobs", "teacher_logprobs")),
-    "topk": Loss(topk_reverse_kl, inputs=("teacher_topk_ids", "teacher_topk_logprobs")),
+    "sampled": Loss(sampled_reverse_kl, inputs=("sampler_logprobs", "advantages"),
+                    metric_inputs=("teacher_logprobs", *TOPK)),
+    "topk": Loss(topk_reverse_kl, inputs=TOPK, metric_inputs=("teacher_logprobs",)),
+    "topk_sampled": Loss(topk_sampled_reverse_kl, inputs=("sampler_logprobs", "teacher_logprobs", *TOPK)),
 }
 
 
 def register_loss(name: str, loss: Loss) -> None:
-    unknown = [i for i in loss.inputs if i not in TOKEN_INPUTS]
+    unknown = [i for i in loss.inputs + loss.metric_inputs if i not in TOKEN_INPUTS]
     if unknown:
         raise ValueError(f"loss {name!r}: unknown input(s) {unknown}; a loss can take {list(TOKEN_INPUTS)}")
     LOSSES[name] = loss

@@ -38,3 +38,19 @@ def test_checkers():
     rep = TaskExample("repeat", "en", "Repeat the word 'cat' 2 times, separated by spaces.", "cat cat", "cat cat")
     assert is_correct(rep, " cat cat\n") and not is_correct(rep, "cat cat cat")
     assert split_of("x") in ("train", "eval")
+
+
+def test_chain_answers_are_several_dependent_steps():
+    """Each step of a chain answer starts from the previous step's result, so a wrong first sum changes
+    what follows; only the right final sum counts."""
+    import re
+
+    for example in all_examples("chain"):
+        steps = re.findall(r"(\d+) \+ (\d+) = (\d+)\.", example.response)
+        assert len(steps) == 2 and steps[1][0] == steps[0][2]
+        assert all(int(a) + int(b) == int(c) for a, b, c in steps)
+        assert is_correct(example, example.response) and example.answer == steps[1][2]
+    chain = TaskExample("chain", "en", "Add 3, 5 and 8 step by step.", "16", "")
+    assert is_correct(chain, "3 + 5 = 8. 8 + 8 = 16. The answer is 16.")
+    assert not is_correct(chain, "3 + 5 = 9. 9 + 8 = 17. The answer is 17.")
+    assert len(all_examples("chain")) == 1000

@@ -35,7 +35,7 @@ def test_plan_prints_the_table_for_both_marco_mini_configs(capsys):
                   "teacher 2 (qwen3_next_80b_a3b)"):
         assert group in opd
     assert "fits: every group within H100 SXM 80GB's memory" in opd
-    assert "engine of 4 GPU(s)" in opd and "one weight-sync bucket of 512 MB" in opd
+    assert "engines of tensor_parallel_size 4, max_model_len 10,241" in opd and "one weight-sync bucket of 512 MB" in opd
     assert "rollout (decode)" in opd and "(card: 104.2 s)" in opd and "(card: ~110 h on 64 GPUs)" in opd
 
 

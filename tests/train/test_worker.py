@@ -26,6 +26,7 @@ def reference(path, batch, loss_name: str, aux_coef: float) -> tuple[float, floa
                 use_cache=False)
     loss_N = loss.fn(out.logits[0][mask_T], batch.labels[mask_T], LOSS_CFG,
                      **{k: batch.extras[k][mask_T] for k in loss.inputs})
+    loss_N = loss_N[0] if isinstance(loss_N, tuple) else loss_N  # (loss_N, metrics) where the loss reports some
     targets = int(mask_T.sum())
     total = loss_N.sum()
     if aux_coef:

@@ -1,5 +1,6 @@
 """What OPD checks before it starts any worker: the loss and backends, the budgets, the student, the
-cascade and one shared vocabulary, and the eval tasks."""
+cascade and that every teacher reads the student's tokens as the student does (one vocabulary, the same
+special-token and end-of-turn ids, the same chat template), and the eval tasks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 from posttrain.config import ConfigError, EvalConfig, OPDConfig
+from posttrain.data.chat import prompt_ids
 from posttrain.engines.backends import backend
 from posttrain.engines.vllm import cpu_problem
 from posttrain.eval.tasks import TASKS, TaskExample, examples
@@ -18,8 +20,21 @@ from posttrain.stages.driver import load_tokenizer
 from posttrain.train.lora import check_lora
 
 
-class VocabularyMismatch(ValueError):
-    """A teacher does not share the student's vocabulary, so it cannot score the student's tokens."""
+class TeacherMismatch(ValueError):
+    """A teacher cannot score the student's tokens as the student means them: another vocabulary, other
+    special-token or end-of-turn ids, or another chat template."""
+
+
+VocabularyMismatch = TeacherMismatch  # the name posttrain.cli catches (exit 2, no traceback)
+
+# Conversations rendered with each model's chat template, as the OPD prompts are (the generation prompt
+# appended): the teacher scores the student's prompt tokens, so both templates must render them alike.
+TEMPLATE_PROBES = (
+    [{"role": "user", "content": "What is 2 plus 3?"}],
+    [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello!"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Name a colour."}],
+)
 
 
 def check_opd(cfg: OPDConfig):
@@ -41,6 +56,8 @@ def check_choices(cfg: OPDConfig) -> None:
     """The loss and the engine backends are named in their tables (posttrain.losses, posttrain.engines.backends)."""
     if cfg.loss.mode not in LOSSES:
         raise ConfigError(f"'loss.mode' must be one of {list(LOSSES)}, got {cfg.loss.mode!r}")
+    if LOSSES[cfg.loss.mode].needs_teacher_topk and cfg.loss.topk <= 0:
+        raise ConfigError(f"'loss.mode: {cfg.loss.mode}' needs the teacher's top-k: 'loss.topk' must be > 0, got {cfg.loss.topk}")
     backend(cfg.rollout.backend, "rollout.backend")
     backend(cfg.teacher.backend, "teacher.backend")
     for i, stage in enumerate(cfg.teachers):
@@ -113,15 +130,76 @@ def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
         raise ConfigError("teachers: the cascade is empty; give at least one teacher (config or --teacher PATH[:STEPS])")
     student_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     student_vocab = student_tokenizer.get_vocab()
+    remote = cfg.model.trust_remote_code
+    student_ends = end_of_turn_ids(cfg.model.path, student_tokenizer, remote)
     for i, stage in enumerate(cfg.teachers):
         if stage.steps <= 0:
             raise ConfigError(f"teachers[{i}] ({stage.path}): steps must be > 0, got {stage.steps}")
         ensure_model(stage.path, cfg.model.build_tiny_if_missing, cfg.model.tiny_seed)
-        tokenizer = check_model_dir(stage.path, f"teachers[{i}]", cfg.model.trust_remote_code)
-        config = AutoConfig.from_pretrained(stage.path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = check_model_dir(stage.path, f"teachers[{i}]", remote)
+        config = AutoConfig.from_pretrained(stage.path, trust_remote_code=remote)
         if tokenizer.get_vocab() != student_vocab or config.vocab_size < len(student_tokenizer):
             raise VocabularyMismatch(
                 f"teacher {stage.path} has a vocabulary of {len(tokenizer)} tokens (embedding {config.vocab_size}), "
                 f"the student {cfg.model.path} has {len(student_tokenizer)} tokens (embedding {student_config.vocab_size}); "
                 "the teacher scores the student's own token ids, so both must use the same tokenizer"
             )
+        where = f"teacher {stage.path} (teachers[{i}]) and the student {cfg.model.path}"
+        check_special_tokens(where, special_token_ids(tokenizer), special_token_ids(student_tokenizer))
+        check_end_of_turn(where, tokenizer, end_of_turn_ids(stage.path, tokenizer, remote), student_ends)
+        check_chat_template(where, tokenizer, student_tokenizer)
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The named special tokens (bos, eos, pad, ...) and every added token marked special, with their ids."""
+    named = {f"{name} {token!r}": tokenizer.convert_tokens_to_ids(token)
+             for name, token in tokenizer.special_tokens_map.items() if isinstance(token, str)}
+    added = {f"special {t.content!r}": i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return {**named, **added}
+
+
+def end_of_turn_ids(model_path: str, tokenizer, trust_remote_code: bool) -> set[int]:
+    """The ids a rollout stops at (posttrain.engines.hf_rollout): the generation config's end tokens and the
+    tokenizer's eos — what the student learns to end its turn with, and what the teacher scores it against."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # no generation_config.json: transformers derives it from the model's config
+        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    eos = generation.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+def check_special_tokens(where: str, teacher: dict[str, int], student: dict[str, int]) -> None:
+    differ = sorted(k for k in teacher.keys() | student.keys() if teacher.get(k) != student.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: teacher {teacher.get(k, 'none')}, student {student.get(k, 'none')}" for k in differ[:5])
+        raise TeacherMismatch(f"{where} have different special-token ids ({shown}); the teacher scores the student's "
+                              "token ids, so the special tokens must be the same")
+
+
+def check_end_of_turn(where: str, tokenizer, teacher: set[int], student: set[int]) -> None:
+    if teacher != student:
+        name = lambda ids: ", ".join(f"{i} {tokenizer.convert_ids_to_tokens(i)!r}" for i in sorted(ids)) or "none"  # noqa: E731
+        raise TeacherMismatch(f"{where} end their turns with different tokens: teacher {{{name(teacher)}}}, student "
+                              f"{{{name(student)}}} (generation_config.json eos_token_id and the tokenizer's eos); the "
+                              "student learns where to stop from the teacher's log-prob of its end token")
+
+
+def check_chat_template(where: str, tokenizer, student_tokenizer) -> None:
+    for messages in TEMPLATE_PROBES:
+        try:
+            teacher_ids = prompt_ids(tokenizer, messages)
+        except Exception as e:  # noqa: BLE001 — a missing or broken template; jinja raises many kinds
+            raise TeacherMismatch(f"{where}: the teacher's chat template cannot render a prompt ({e})") from None
+        student_ids = prompt_ids(student_tokenizer, messages)
+        if teacher_ids != student_ids:
+            at = next((i for i, (a, b) in enumerate(zip(teacher_ids, student_ids)) if a != b),
+                      min(len(teacher_ids), len(student_ids)))
+            show = lambda ids: repr(student_tokenizer.decode(ids[max(0, at - 8):at + 12]))  # noqa: E731
+            raise TeacherMismatch(
+                f"{where} have different chat templates: rendering {[m['role'] for m in messages]} they differ from "
+                f"token {at}: teacher ...{show(teacher_ids)}..., student ...{show(student_ids)}...; the teacher scores "
+                "prompts rendered with the student's template, so it would score a format it was not trained on")

@@ -13,16 +13,19 @@ from posttrain.data.prompts import Prompt
 from posttrain.engines.group import RolloutGroup, TeacherGroup
 from posttrain.engines.sizing import teacher_topk
 from posttrain.engines.types import Sample, Scores
-from posttrain.losses import LOSSES
+from posttrain.losses import LOSSES, Loss
+from posttrain.losses.advantages import Advantages, batch_advantages
 from posttrain.stages.opd.ahead import Ahead
 from posttrain.train.group import TrainerGroup
 
-# How each input a loss can name (posttrain.losses.TOKEN_INPUTS) comes from a rollout sample and its scores.
+# How each input a loss can name (posttrain.losses.TOKEN_INPUTS) comes from a rollout sample, its scores and
+# its advantages (computed over the global batch before training: posttrain.losses.advantages).
 TOKEN_INPUTS = {
-    "sampler_logprobs": lambda sample, scores: torch.tensor(sample.sampler_logprobs),
-    "teacher_logprobs": lambda sample, scores: scores.logprobs,
-    "teacher_topk_ids": lambda sample, scores: scores.topk_ids,
-    "teacher_topk_logprobs": lambda sample, scores: scores.topk_logprobs,
+    "sampler_logprobs": lambda sample, scores, advantages: torch.tensor(sample.sampler_logprobs),
+    "teacher_logprobs": lambda sample, scores, advantages: scores.logprobs,
+    "teacher_topk_ids": lambda sample, scores, advantages: scores.topk_ids,
+    "teacher_topk_logprobs": lambda sample, scores, advantages: scores.topk_logprobs,
+    "advantages": lambda sample, scores, advantages: advantages,
 }
 
 
@@ -54,16 +57,19 @@ class StepResult:
     tokens: int
     tokens_per_s: float
     lr: float
-    grad_norm: float | None
+    grad_norm: float | None  # before clipping (DeepSpeed's global norm; posttrain's own under ZeRO stage 0)
+    grad_clipped: bool  # grad_norm > optim.grad_clip: the step was scaled down
     skipped: bool
     padding: dict[str, float] = field(default_factory=dict)  # rollout_pad_frac / teacher_pad_frac where they pad
     router: dict = field(default_factory=dict)  # expert_imbalance / expert_load per layer
     loss_metrics: dict = field(default_factory=dict)  # the loss's own, per response token
+    advantage: dict = field(default_factory=dict)  # adv_mean / adv_std / adv_min / adv_max over the global batch
 
     def metrics(self) -> dict:
         """The metrics record (without `skipped`, which the loop counts)."""
-        record = {k: v for k, v in vars(self).items() if k not in ("skipped", "padding", "router", "loss_metrics")}
-        return {**record, **self.loss_metrics, **self.padding, **self.router}
+        nested = ("skipped", "padding", "router", "loss_metrics", "advantage")
+        record = {k: v for k, v in vars(self).items() if k not in nested}
+        return {**record, **self.loss_metrics, **self.advantage, **self.padding, **self.router}
 
 
 def generate_and_score(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: TeacherGroup,
@@ -87,10 +93,13 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
     got = ahead.take(step) if ahead else generate_and_score(step, prompts, rollout, teacher, cfg)
     wait_s, timer = time.perf_counter() - started, time.perf_counter()
 
-    # 3. Train: the loss (the reverse KL) on the student's own tokens; prompt tokens carry no loss.
-    loss = LOSSES[cfg.loss.mode]
-    examples = [training_example(prompts[s.prompt_index].input_ids, s, scores, loss.inputs)
-                for s, scores in zip(got.samples, got.scores)]
+    # 3. Train: the loss (the reverse KL) on the student's own tokens; prompt tokens carry no loss. What
+    #    needs the whole batch (the advantages' baseline and normalisation) is computed here, first.
+    loss = LOSSES[cfg.loss.mode].configured(cfg.loss)
+    advantages = step_advantages(got, loss, cfg)
+    per_sample = advantages.per_sample if advantages else [None] * len(got.samples)
+    examples = [training_example(prompts[s.prompt_index].input_ids, s, scores, loss.inputs, advantage)
+                for s, scores, advantage in zip(got.samples, got.scores, per_sample)]
     result = trainer.train_step(pack(examples, cfg.data.pack_tokens), loss, cfg.loss)
     train_s, timer = time.perf_counter() - timer, time.perf_counter()
 
@@ -110,14 +119,25 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
         teacher_s=got.teacher_s, wait_s=wait_s, train_s=train_s, sync_s=sync_s, step_s=step_s,
         train_compute_s=result.compute_s, tokens=result.sums.tokens, tokens_per_s=result.sums.tokens / step_s,
         lr=result.lr, grad_norm=result.grad_norm, skipped=result.skipped,
+        grad_clipped=result.grad_norm is not None and 0 < cfg.optim.grad_clip < result.grad_norm,
         padding={**rollout.padding(prompt_lens, response_lens), **teacher.padding(prompt_lens, response_lens)},
-        router=result.router_metrics(), loss_metrics=result.loss_metrics())
+        router=result.router_metrics(), loss_metrics=result.loss_metrics(),
+        advantage=advantages.stats() if advantages else {})
 
 
-def training_example(prompt_ids: list[int], sample: Sample, scores: Scores, inputs: tuple[str, ...]) -> tuple:
+def step_advantages(got: Generated, loss: Loss, cfg: OPDConfig) -> Advantages | None:
+    """The sampled-token advantages of the global batch, where the loss takes them (None otherwise)."""
+    if "advantages" not in loss.inputs:
+        return None
+    return batch_advantages([torch.tensor(s.sampler_logprobs) for s in got.samples],
+                            [scores.logprobs for scores in got.scores], [s.prompt_index for s in got.samples], cfg.loss)
+
+
+def training_example(prompt_ids: list[int], sample: Sample, scores: Scores, inputs: tuple[str, ...],
+                     advantages: torch.Tensor | None = None) -> tuple:
     """(token ids, loss mask, per-token inputs of the loss) of one prompt + response."""
     prompt_len = len(prompt_ids)
-    extras = {name: _after_prompt(TOKEN_INPUTS[name](sample, scores), prompt_len) for name in inputs}
+    extras = {name: _after_prompt(TOKEN_INPUTS[name](sample, scores, advantages), prompt_len) for name in inputs}
     return prompt_ids + sample.response_ids, [0] * prompt_len + [1] * len(sample.response_ids), extras
 
 

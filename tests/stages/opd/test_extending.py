@@ -17,9 +17,9 @@ from tests.helpers import FAULT_RUN, opd_config, records
 def half_reverse_kl(logits_NV, targets_N, cfg, *, sampler_logprobs, teacher_logprobs):
     """A throw-away loss: the sampled-token reverse KL at half strength, and a metric of its own (the
     share of tokens whose sampler log-prob is above the teacher's)."""
-    loss_N = 0.5 * sampled_reverse_kl(logits_NV, targets_N, cfg, sampler_logprobs=sampler_logprobs,
-                                      teacher_logprobs=teacher_logprobs)
-    return loss_N, {"above_teacher_frac": (sampler_logprobs > teacher_logprobs).float()}
+    loss_N, _ = sampled_reverse_kl(logits_NV, targets_N, cfg, sampler_logprobs=sampler_logprobs,
+                                   advantages=-(sampler_logprobs - teacher_logprobs))
+    return 0.5 * loss_N, {"above_teacher_frac": (sampler_logprobs > teacher_logprobs).float()}
 
 
 class HumbleTeacher(HFTeacherWorker):

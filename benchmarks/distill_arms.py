@@ -1,0 +1,54 @@
+"""The arms of `benchmarks/distill_quality.py`: the table's, and the lab log's variants (every option tried).
+
+An arm is a kind (opd: `run_opd` from the student start; seqkd: SFT on the teacher's greedy answers;
+sft: SFT on the ground truth) and `key=value` overrides of the stage's config on top of the benchmark's
+(configs/tiny/opd.yaml with lr 1e-3 constant, 32 prompts x 2 samples, responses <= 32 tokens, grad clip 1.0).
+Every arm spends the same total FLOPs: an OPD arm's step count follows from its prompts x samples shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Arm:
+    key: str  # its run directory under WORK_DIR/arms
+    label: str
+    kind: str  # opd | seqkd | sft
+    overrides: tuple[str, ...] = ()
+
+
+CARD = ("loss.mode=sampled",)
+RECOMMENDED = "opd_recommended"
+
+ARMS = [
+    Arm("seqkd", "(b) sequence-level KD", "seqkd"),
+    Arm("opd_sampled", "(c) OPD sampled-token (the card's mode)", "opd", CARD),
+    Arm(RECOMMENDED, "(d) OPD recommended: topk_sampled", "opd", ("loss.mode=topk_sampled",)),
+    Arm("opd_topk", "(e) OPD top-k + tail bucket", "opd", ("loss.mode=topk",)),
+    Arm("sft_truth", "(r) SFT on ground truth (reference)", "sft"),
+]
+
+
+def sampled(key: str, label: str, *overrides: str) -> Arm:
+    return Arm(f"v_sampled_{key}", f"sampled-token, {label}", "opd", (*CARD, *overrides))
+
+
+# The levers the OPD literature and the peers use, each alone on top of the card's mode, then the dense modes.
+VARIANTS = [
+    sampled("warmup", "lr warm-up 20 steps", "optim.warmup_steps=20"),
+    sampled("lr3e-4", "lr 3e-4", "optim.lr=3e-4"),
+    sampled("noclip", "no gradient clipping", "optim.grad_clip=0"),
+    sampled("batchmean", "batch-mean baseline, normalised (GRPO-style, per token)", "loss.baseline=batch_mean",
+            "loss.normalize_advantages=true"),
+    sampled("4samples", "16 prompts x 4 samples, leave-one-out baseline", "rollout.prompts_per_step=16",
+            "rollout.samples_per_prompt=4", "loss.baseline=prompt_mean"),
+    sampled("bigbatch", "4x token batch (128 prompts x 2), a quarter of the steps", "rollout.prompts_per_step=128"),
+    Arm("v_topk_sampled_lr3e-3", "topk_sampled, lr 3e-3", "opd", ("loss.mode=topk_sampled", "optim.lr=3e-3")),
+    Arm("v_topk_lr3e-3", "topk, lr 3e-3", "opd", ("loss.mode=topk", "optim.lr=3e-3")),
+    Arm("v_full_lr3e-3", "the teacher's full distribution (k = vocabulary), lr 3e-3", "opd",
+        ("loss.mode=topk", "loss.topk=4096", "optim.lr=3e-3")),
+    Arm("v_topk_sampled_lr3e-3_cosine", "topk_sampled, lr 3e-3, warm-up 10, cosine to 3e-4", "opd",
+        ("loss.mode=topk_sampled", "optim.lr=3e-3", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=3e-4")),
+]
