@@ -141,8 +141,10 @@ def test_rollout_weights_equal_the_trainers_after_a_sync(tiny_models, ray_local)
         extras = {"sampler_logprobs": torch.full((30,), -3.0), "advantages": torch.full((30,), -2.0)}
         trainer.train_step(pack([(ids, [0] * 10 + [1] * 20, extras)], 256), LOSSES["sampled"], cfg.loss)
         stats = rollout.update_weights()
-        assert stats.buckets > 1 and stats.largest_bucket_bytes <= 2**20  # several buckets, not one blob
         trained = trainer._all("full_state_dict")[0]
+        largest_tensor = max(t.numel() * t.element_size() for t in trained.values())
+        # Several buckets, not one blob: each at most 1 MiB, or the one tensor that is larger alone.
+        assert stats.buckets > 1 and stats.largest_bucket_bytes <= max(2**20, largest_tensor)
         served = ray.get(rollout.workers[0].state_dict.remote())
         initial = load_file(f"{cfg.model.path}/model.safetensors")
         assert any(not torch.equal(trained[k], initial[k]) for k in trained if k in initial)
