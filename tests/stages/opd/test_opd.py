@@ -138,7 +138,7 @@ def test_rollout_weights_equal_the_trainers_after_a_sync(tiny_models, ray_local)
     rollout.sender = lambda workers, nodes: trainer.send_weights(workers, nodes, bucket_mb=1)
     try:
         ids = list(range(10, 40))
-        extras = {"sampler_logprobs": torch.full((30,), -3.0), "advantages": torch.full((30,), -2.0)}
+        extras = {"sampler_logprobs": torch.full((30,), -3.0), "advantages": torch.full((30,), 2.0)}  # ratio < 1 - clip: unclipped only where A > 0
         trainer.train_step(pack([(ids, [0] * 10 + [1] * 20, extras)], 256), LOSSES["sampled"], cfg.loss)
         stats = rollout.update_weights()
         trained = trainer._all("full_state_dict")[0]
