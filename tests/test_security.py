@@ -22,6 +22,8 @@ def test_every_from_pretrained_passes_the_configs_trust_remote_code():
     found = list(calls("from_pretrained"))
     assert len(found) > 5
     for where, node in found:
+        if getattr(node.func.value, "id", None) == "GenerationConfig":
+            continue  # generation_config.json is read as JSON: there is no code in it to trust or refuse
         keywords = {k.arg: k.value for k in node.keywords}
         assert "trust_remote_code" in keywords, f"{where}: from_pretrained without trust_remote_code="
         value = keywords["trust_remote_code"]
