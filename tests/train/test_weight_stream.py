@@ -68,7 +68,7 @@ def test_a_zero3_sync_grows_rank_0s_memory_by_about_a_bucket(tmp_path, ray_local
         served = ray.get(rollout.workers[0].state_dict.remote())
         exported = trainer._all("full_state_dict")[0]
         assert all(torch.equal(served[k], exported[k]) for k in exported)
-        assert model_bytes > 55 * MiB and stats.bytes >= model_bytes - 2 * MiB  # the tied head sent once
+        assert model_bytes > 50 * MiB and stats.bytes >= model_bytes - 2 * MiB  # the tied head sent once (54.6 MB on transformers 5.19)
         assert 0 < stats.host_peak_growth_bytes < 4 * MiB + 2 * 8.4 * MiB + 4 * MiB, (stats, model_bytes)
     finally:
         rollout.close()
