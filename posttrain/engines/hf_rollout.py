@@ -16,6 +16,7 @@ from posttrain.engines.hf_engine import HFEngine
 from posttrain.engines.sizing import EngineSize
 from posttrain.engines.sampling import sample
 from posttrain.engines.types import Sample
+from posttrain.models.end_of_turn import end_of_turn_ids
 from posttrain.infra.weight_buckets import load_tensors, received
 
 
@@ -28,8 +29,7 @@ class HFRolloutWorker(HFEngine):
         self.cfg = cfg
         self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.eos_ids = end_of_turn_ids(self.model.generation_config, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @staticmethod

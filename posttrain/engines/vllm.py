@@ -32,6 +32,7 @@ import torch
 from posttrain.config import RolloutConfig, TeacherConfig
 from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Sample, Scores
+from posttrain.models.end_of_turn import model_end_of_turn_ids
 
 EXTENSION = "posttrain.engines.vllm_sync.WeightSyncExtension"
 SHM_BACKEND = "posttrain_shm"  # registered by posttrain.engines.vllm_sync in every vLLM worker
@@ -119,20 +120,6 @@ def start_engine(model_path: str, size: EngineSize, num_threads: int, trust_remo
     return LLM(**args)
 
 
-def _end_ids(model_path: str, trust_remote_code: bool) -> list[int]:
-    """The ids that end a response, as the hf sampler takes them: the generation config's and the tokenizer's."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    ids = set()
-    try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    except OSError:  # no generation_config.json
-        pass
-    eos = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code).eos_token_id
-    return sorted(ids | ({eos} if eos is not None else set()))
-
-
 class _VLLMWorker:
     """What the rollout and teacher engines share: sleeping (a GPU's), where they run, shutting down."""
 
@@ -188,7 +175,10 @@ class VLLMRolloutWorker(_VLLMWorker):
                  sleep_mode: bool = False, size: EngineSize = EngineSize()):
         self.cfg = cfg
         self.psm_before = set(glob.glob("/dev/shm/psm_*"))
-        self.end_ids = _end_ids(model_path, trust_remote_code)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.end_ids = sorted(model_end_of_turn_ids(model_path, tokenizer, trust_remote_code))  # stop tokens, as the hf sampler's
         shm = cfg.weight_transfer == "shm"
         self.llm = start_engine(model_path, size, num_threads, trust_remote_code, sleep_mode,
                                 cfg.gpu_memory_utilization, enable_prefix_caching=True, logprobs_mode="processed_logprobs",

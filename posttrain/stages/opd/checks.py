@@ -14,6 +14,7 @@ from posttrain.engines.vllm import cpu_problem
 from posttrain.eval.tasks import TASKS, TaskExample, examples
 from posttrain.infra.runlog import check_wandb
 from posttrain.losses import LOSSES
+from posttrain.models.end_of_turn import model_end_of_turn_ids
 from posttrain.models.locate import check_model_dir, require_model
 from posttrain.models.tiny import MODEL_NAMES, ensure_model
 from posttrain.stages.driver import load_tokenizer
@@ -131,7 +132,7 @@ def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
     student_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     student_vocab = student_tokenizer.get_vocab()
     remote = cfg.model.trust_remote_code
-    student_ends = end_of_turn_ids(cfg.model.path, student_tokenizer, remote)
+    student_ends = model_end_of_turn_ids(cfg.model.path, student_tokenizer, remote)
     for i, stage in enumerate(cfg.teachers):
         if stage.steps <= 0:
             raise ConfigError(f"teachers[{i}] ({stage.path}): steps must be > 0, got {stage.steps}")
@@ -146,7 +147,7 @@ def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
             )
         where = f"teacher {stage.path} (teachers[{i}]) and the student {cfg.model.path}"
         check_special_tokens(where, special_token_ids(tokenizer), special_token_ids(student_tokenizer))
-        check_end_of_turn(where, tokenizer, end_of_turn_ids(stage.path, tokenizer, remote), student_ends)
+        check_end_of_turn(where, tokenizer, model_end_of_turn_ids(stage.path, tokenizer, remote), student_ends)
         check_chat_template(where, tokenizer, student_tokenizer)
 
 
@@ -156,20 +157,6 @@ def special_token_ids(tokenizer) -> dict[str, int]:
              for name, token in tokenizer.special_tokens_map.items() if isinstance(token, str)}
     added = {f"special {t.content!r}": i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     return {**named, **added}
-
-
-def end_of_turn_ids(model_path: str, tokenizer, trust_remote_code: bool) -> set[int]:
-    """The ids a rollout stops at (posttrain.engines.hf_rollout): the generation config's end tokens and the
-    tokenizer's eos — what the student learns to end its turn with, and what the teacher scores it against."""
-    from transformers import AutoConfig, GenerationConfig
-
-    try:
-        generation = GenerationConfig.from_pretrained(model_path)
-    except OSError:  # no generation_config.json: transformers derives it from the model's config
-        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
-    eos = generation.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
 def check_special_tokens(where: str, teacher: dict[str, int], student: dict[str, int]) -> None:
