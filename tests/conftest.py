@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
@@ -12,11 +17,32 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def tiny_suite_key() -> str:
+    """What the tiny suite is built from: the code and data that build it and the library versions that
+    train it (the build is bit-exact from these and the seed)."""
+    import tokenizers
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__} {tokenizers.__version__}".encode())
+    for path in sorted([*(ROOT / "posttrain" / "models").glob("*.py"), *(ROOT / "posttrain" / "data").glob("*.py"),
+                        *(p for p in (ROOT / "data_mixtures").rglob("*") if p.is_file())]):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    from posttrain.models.tiny import build_tiny_suite
+    """The tiny suite (about 3 minutes of CPU to build: the teachers' warm-up), built once per key and
+    kept in ~/.cache/posttrain/tests, so CI's second pytest session (`-m slow`) and local reruns reuse
+    it; each session gets its own copy, so no test can change the cached one."""
+    from posttrain.models.tiny import MODEL_NAMES, build_tiny_suite
 
-    return build_tiny_suite(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+    cache_root = Path(os.environ.get("POSTTRAIN_TEST_CACHE", Path.home() / ".cache" / "posttrain" / "tests"))
+    cached = build_tiny_suite(cache_root / f"tiny-{tiny_suite_key()}", seed=0)  # returns at once when it is there
+    copy = tmp_path_factory.mktemp("models") / "tiny"
+    shutil.copytree(next(iter(cached.values())).parent, copy)
+    return {name: copy / name for name in MODEL_NAMES}
 
 
 @pytest.fixture(scope="session")
