@@ -21,7 +21,7 @@ import pytest
 
 from posttrain.config import ConfigError, ModelConfig, OPDConfig, SFTConfig, load_config
 from posttrain.data.mixture import DataError
-from tests.helpers import (FAULT_RUN, GOOD, ROOT, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, run_cli,
+from tests.helpers import (FAULT_RUN, GOOD, ROOT, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, records, run_cli,
                            same_weights, signal_when, write_mixture, rows as read_all)
 
 
@@ -254,15 +254,19 @@ def test_the_opd_default_student_follows_where_sft_wrote(tmp_path, monkeypatch, 
 
 def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resumes_exactly(tiny_models, sft_straight,
                                                                                           sft_fault_run, tmp_path, capsys):
-    """Rows: SIGKILL of the driver (no Ray process, agents included, outlives it); Ctrl-C (SIGINT to
+    """Rows: SIGKILL of the driver mid-checkpoint (no Ray process, agents included, outlives it; the
+    half-written checkpoint is not taken for one); Ctrl-C (SIGINT to
     the process group, as a terminal sends it) and SIGTERM (to the driver, as `timeout` and schedulers
     send it) each finish the step, checkpoint, print the resume command and exit 130 / 143; a second
     Ctrl-C stops at once. The run then ends on the uninterrupted run's weights."""
     out = tmp_path / "run"
     args = ["sft", "--config", TINY_SFT, "--output-dir", str(out), f"model.path={tiny_models['student']}",
             "logging.progress_bar=false", *sft_fault_run]
-    killed = run_cli(args, fault="kill_after_step:3", leftover_s=10)
+    # SIGKILL while checkpoint 4 is half written (checkpoint 2 whole): nothing half-written is taken for a checkpoint.
+    killed = run_cli(args, fault="kill_during_checkpoint_write:4", leftover_s=10)
     assert killed.returncode == -9 and (out / "checkpoints" / "latest").read_text() == "step_00000002"
+    assert (out / "checkpoints" / ".incomplete-step_00000004").is_dir() and not (out / "final").exists()
+    assert [r["step"] for r in records(out)] == [1, 2, 3, 4]  # logged, then killed before the commit
 
     for signum, status, step in ((signal.SIGINT, 130, 3), (signal.SIGTERM, 143, 4)):
         stopped = run_cli([*args, "--resume"], then=signal_when("[sft] resumed from", signum, group=signum == signal.SIGINT))
@@ -278,12 +282,15 @@ def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resume
         at_once.stderr, at_once.stderr[-3000:]
     assert "Traceback" not in at_once.stderr + at_once.stdout
     assert cli(capsys, *args, "--resume")[0] == 0
+    assert not (out / "checkpoints" / ".incomplete-step_00000004").exists()
     assert same_weights(sft_straight, out)
+    assert [r["loss"] for r in records(out)] == [r["loss"] for r in records(sft_straight)]
 
 
 def test_opd_stops_cleanly_on_sigint_and_sigterm_and_resumes_exactly(tiny_models, undisturbed, tmp_path, capsys):
     """Rows: `--teacher PATH:abc` refused, the corrected command runs; Ctrl-C and SIGTERM during OPD
-    finish the step, checkpoint and exit; resumed, the run ends on the undisturbed run's weights."""
+    finish the step, checkpoint and exit; SIGKILL mid-checkpoint loses only the half-written one;
+    resumed, the run ends on the undisturbed run's weights, prompts and losses."""
     out = tmp_path / "opd"
     args = ["opd", "--config", TINY_OPD, "--output-dir", str(out), "--student", str(tiny_models["student"]),
             "--teacher", f"{tiny_models['teacher-moe']}:2", "--teacher", f"{tiny_models['teacher-next']}:3",
@@ -297,6 +304,10 @@ def test_opd_stops_cleanly_on_sigint_and_sigterm_and_resumes_exactly(tiny_models
     second = run_cli([*args, "--resume"], then=signal_when("[opd] resumed from", signal.SIGTERM))
     assert second.returncode == 143 and "stopped by SIGTERM after step 2" in second.stderr, second.stderr[-3000:]
     assert "Traceback" not in first.stderr + second.stderr
+    # SIGKILL while the last checkpoint (step 5) is half written: --resume goes on from step 3 (second teacher).
+    killed = run_cli([*args, "--resume"], fault="kill_during_checkpoint_write:5")
+    assert killed.returncode == -9 and (out / "checkpoints" / "latest").read_text() == "step_00000003", killed.stderr[-2000:]
     assert cli(capsys, *args, "--resume")[0] == 0
     assert same_weights(undisturbed, out)
     assert prompt_ids(out) == prompt_ids(undisturbed)
+    assert [r["reverse_kl"] for r in records(out)] == [r["reverse_kl"] for r in records(undisturbed)]

@@ -2,6 +2,8 @@
 configs/tiny/opd.yaml rollout.backend=vllm teacher.backend=vllm` as the tiny config runs it (the
 qwen3_next teacher on hf: vLLM's CPU kernels refuse it, and the run says so up front)."""
 
+import shutil
+
 import pytest
 
 from posttrain.config import ConfigError, OPDConfig, load_config
@@ -10,8 +12,8 @@ from tests.helpers import TINY_OPD, opd_config, prompt_ids, records, require_vll
 
 require_vllm()
 
-STAGES = (15, 10)  # checkpoints at 8, 15 (end of stage 1), 16, 24, 25; a stop at 18 is mid stage 2
-RUN = ("checkpoint.every=8", "rollout.backend=vllm", "teacher.backend=vllm")
+STAGES = (15, 10)  # checkpoints at 8, 15 (end of stage 1), 16, 24, 25, all kept; 16 is mid stage 2
+RUN = ("checkpoint.every=8", "checkpoint.keep=5", "rollout.backend=vllm", "teacher.backend=vllm")
 
 
 def vllm_config(tiny_models, out, *overrides) -> OPDConfig:
@@ -43,11 +45,15 @@ def test_opd_with_vllm_engines_lowers_the_reverse_kl_in_each_stage(vllm_run):
     assert all(r["sync_s"] > 0 and "rollout_pad_frac" not in r for r in rows)  # vLLM pads nothing
 
 
-def test_a_vllm_run_stopped_mid_stage_resumes_exactly(tiny_models, vllm_run, tmp_path):
-    """Stopped after step 18 (second teacher), resumed: fresh engines synced to the checkpoint's weights
-    sample with the same per-prompt seeds, so the run ends on the uninterrupted run's weights."""
+def test_a_vllm_run_resumed_mid_stage_ends_on_the_uninterrupted_runs_weights(tiny_models, vllm_run, tmp_path):
+    """The run as a crash after step 18 leaves it (checkpoints up to 16, in stage 2), resumed: fresh engines
+    synced to the checkpoint's weights sample with the same per-prompt seeds, so the run ends on the
+    uninterrupted run's weights. (Stopping itself is the hf tests' business: it is the same driver code.)"""
     out = tmp_path / "resumed"
-    run_opd(vllm_config(tiny_models, out, "trainer.stop_after_step=18"))
+    shutil.copytree(vllm_run, out, ignore=shutil.ignore_patterns("final"))
+    for step in (24, 25):
+        shutil.rmtree(out / "checkpoints" / f"step_{step:08d}")
+    (out / "checkpoints" / "latest").write_text("step_00000016")
     run_opd(vllm_config(tiny_models, out), resume=True)
     assert [r["reverse_kl"] for r in steps(out)] == [r["reverse_kl"] for r in steps(vllm_run)]
     assert prompt_ids(out) == prompt_ids(vllm_run)
