@@ -38,8 +38,13 @@ def tiny_models(tmp_path_factory):
     it; each session gets its own copy, so no test can change the cached one."""
     from posttrain.models.tiny import MODEL_NAMES, build_tiny_suite
 
+    from filelock import FileLock
+
     cache_root = Path(os.environ.get("POSTTRAIN_TEST_CACHE", Path.home() / ".cache" / "posttrain" / "tests"))
-    cached = build_tiny_suite(cache_root / f"tiny-{tiny_suite_key()}", seed=0)  # returns at once when it is there
+    cache_root.mkdir(parents=True, exist_ok=True)
+    key = tiny_suite_key()
+    with FileLock(cache_root / f"tiny-{key}.lock"):  # pytest-xdist's workers: one builds, the other waits
+        cached = build_tiny_suite(cache_root / f"tiny-{key}", seed=0)  # returns at once when it is there
     copy = tmp_path_factory.mktemp("models") / "tiny"
     shutil.copytree(next(iter(cached.values())).parent, copy)
     return {name: copy / name for name in MODEL_NAMES}

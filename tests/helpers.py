@@ -28,7 +28,7 @@ TINY_SFT = "configs/tiny/sft.yaml"
 TINY_OPD = "configs/tiny/opd.yaml"
 
 # The OPD fault tests' common run: 2 + 3 steps, checkpoints at 2 (end of stage 1), 3 and 5, no eval.
-FAULT_RUN = ("checkpoint.every=3", "eval.every=0")
+FAULT_RUN = ("checkpoint.every=3", "eval.every=0", "rollout.prompts_per_step=8")  # small steps: the runs are compared, not judged
 # The SFT fault tests' common run: 6 steps, checkpoints at 2, 4 and 6 (the data: `small_sft_mixture`).
 SFT_FAULT_RUN = ("trainer.max_steps=6", "checkpoint.every=2", "logging.tensorboard=false")
 

@@ -287,6 +287,7 @@ def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resume
     assert [r["loss"] for r in records(out)] == [r["loss"] for r in records(sft_straight)]
 
 
+@pytest.mark.slow  # four OPD processes, ~3 min: CI's slow step; the SFT test above covers the same stop path by default
 def test_opd_stops_cleanly_on_sigint_and_sigterm_and_resumes_exactly(tiny_models, undisturbed, tmp_path, capsys):
     """Rows: `--teacher PATH:abc` refused, the corrected command runs; Ctrl-C and SIGTERM during OPD
     finish the step, checkpoint and exit; SIGKILL mid-checkpoint loses only the half-written one;

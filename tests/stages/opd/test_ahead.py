@@ -66,6 +66,7 @@ def test_async_run_consumes_the_on_policy_runs_prompts_and_really_works_ahead(as
     assert all(r["wait_s"] <= r["step_s"] for r in rows)
 
 
+@pytest.mark.slow  # ~2 min; the default suite keeps the async run and the on-policy resume tests
 def test_async_run_stopped_at_a_checkpoint_resumes_exactly(tiny_models, async_run, tmp_path):
     out = tmp_path / "stopped"
     run_opd(config(tiny_models, out, (2, 3), *FAULT_RUN, "rollout.async_steps=1", "trainer.stop_after_step=3"))

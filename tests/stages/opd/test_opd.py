@@ -89,7 +89,7 @@ def test_killed_rollout_and_teacher_workers_are_restarted_and_nothing_is_lost(ti
     printed = capsys.readouterr().out
     assert "[rollout] WARNING: worker 0 died" in printed and "[teacher] WARNING: worker 0 died" in printed
     assert prompt_ids(out) == prompt_ids(undisturbed)
-    assert [len(r["prompt_ids"]) for r in prompt_ids(out)] == [32] * 5
+    assert [len(r["prompt_ids"]) for r in prompt_ids(out)] == [8] * 5
     assert same_weights(undisturbed, out)
 
 

@@ -34,6 +34,9 @@ def steps(out) -> list[dict]:
     return [r for r in records(out) if r["step"] > 0]
 
 
+# The end-to-end vLLM run (25 steps, then 9 resumed: ~5 minutes here) is in the slow step of CI
+# (`pytest -m slow`); the default suite keeps vLLM's engine tests (tests/engines/test_vllm.py) and the refusals below.
+@pytest.mark.slow
 def test_opd_with_vllm_engines_lowers_the_reverse_kl_in_each_stage(vllm_run):
     rows = steps(vllm_run)
     assert records(vllm_run)[0]["step"] == 0 and "eval/addition" in records(vllm_run)[0]  # greedy eval through vLLM
@@ -45,6 +48,7 @@ def test_opd_with_vllm_engines_lowers_the_reverse_kl_in_each_stage(vllm_run):
     assert all(r["sync_s"] > 0 and "rollout_pad_frac" not in r for r in rows)  # vLLM pads nothing
 
 
+@pytest.mark.slow
 def test_a_vllm_run_resumed_mid_stage_ends_on_the_uninterrupted_runs_weights(tiny_models, vllm_run, tmp_path):
     """The run as a crash after step 18 leaves it (checkpoints up to 16, in stage 2), resumed: fresh engines
     synced to the checkpoint's weights sample with the same per-prompt seeds, so the run ends on the
