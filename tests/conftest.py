@@ -109,3 +109,15 @@ def undisturbed(tiny_models, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("opd") / "undisturbed"
     run_opd(opd_config(tiny_models, out, (2, 3), *FAULT_RUN))
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """One file that needs the tiny suite first, then every file that does not, then the rest: under
+    pytest-xdist one worker builds the suite (~3 min on a fresh machine) while the other runs the files
+    that need no model, instead of both waiting on the build's lock. Files stay whole (--dist loadfile)."""
+    files: dict = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+    needs_models = [path for path, its in files.items() if any("tiny_models" in i.fixturenames for i in its)]
+    no_models = [path for path in files if path not in needs_models]
+    items[:] = [item for path in needs_models[:1] + no_models + needs_models[1:] for item in files[path]]

@@ -130,6 +130,7 @@ def two_nodes():
         shutil.rmtree(cluster.temp, ignore_errors=True)  # the nodes' logs and sockets
 
 
+@pytest.mark.slow  # long: CI's slow step (pytest -m slow); see README, Tests and CI
 def test_sft_job_on_two_nodes(two_nodes, tiny_models, tmp_path):
     """Must-show 1: a tiny SFT through `posttrain submit`, two trainer workers on different nodes."""
     out = tmp_path / "sft"

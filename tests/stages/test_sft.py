@@ -30,7 +30,7 @@ def test_tiny_sft_learns_and_exports_an_hf_model(sft_run):
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.mark.parametrize("zero_stage", [2, pytest.param(3, marks=pytest.mark.slow)])  # ZeRO-3: test_worker's two ranks by default
 def test_two_workers_give_the_single_worker_first_step(tiny_models, ray_local, tmp_path, zero_stage):
     one = tmp_path / "one"
     two = tmp_path / "two"

@@ -38,6 +38,7 @@ def first_losses(model, steps=2, lr=1e-2, **levers):
         group.close()
 
 
+@pytest.mark.slow  # long: CI's slow step (pytest -m slow); see README, Tests and CI
 def test_checkpointing_and_offload_give_the_baseline_steps(tiny_models, ray_local):
     from posttrain.config import ModelConfig
 
@@ -110,6 +111,7 @@ def sft_config(tiny_models, out, *overrides):
         "logging.tensorboard=false", "trainer.max_steps=3", "checkpoint.every=2", "lora.enabled=true", *overrides])
 
 
+@pytest.mark.slow  # long: CI's slow step (pytest -m slow); see README, Tests and CI
 def test_lora_sft_checkpoints_only_adapters_resumes_exactly_and_exports_merged(tiny_models, ray_local, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_sft(sft_config(tiny_models, straight))

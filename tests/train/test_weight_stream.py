@@ -49,6 +49,7 @@ def test_a_bucket_reaches_engines_on_other_nodes_through_a_relay(tiny_models, ra
         rollout.close()
 
 
+@pytest.mark.slow  # long: CI's slow step (pytest -m slow); see README, Tests and CI
 def test_a_zero3_sync_grows_rank_0s_memory_by_about_a_bucket(tmp_path, ray_local):
     """A 4-layer MoE of 59 MB, ZeRO-3, 4 MiB buckets: the sync gathers one module at a time (the largest,
     a layer's fused experts, is 8.4 MB) and copies it into the bucket of the moment. Before, rank 0 held

@@ -19,6 +19,7 @@ def config(tiny_models, out, *overrides):
     return opd_config(tiny_models, out, (2,), *SHORT_LORA, *overrides)
 
 
+@pytest.mark.slow  # long: CI's slow step (pytest -m slow); see README, Tests and CI
 def test_colocated_lora_opd_gives_the_disaggregated_steps(tiny_models, ray_local, tmp_path):
     apart, together = tmp_path / "apart", tmp_path / "together"
     run_opd(config(tiny_models, apart, "lora.export=adapter"))

@@ -75,6 +75,7 @@ def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, t
     assert "![reverse_kl.png](report/reverse_kl.png)" in page and "teacher-next" in page
 
 
+@pytest.mark.slow  # long: CI's slow step (pytest -m slow); see README, Tests and CI
 def test_killed_rollout_and_teacher_workers_are_restarted_and_nothing_is_lost(tiny_models, undisturbed, tmp_path,
                                                                               monkeypatch, capsys):
     """A rollout actor dies in step 2's generate, a teacher actor in step 4's scoring: Ray restarts
