@@ -277,7 +277,9 @@ def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resume
         assert stopped.stderr.rstrip().endswith("--resume") and "Traceback" not in stopped.stderr + stopped.stdout
         assert (out / "checkpoints" / "latest").read_text() == f"step_0000000{step}"
 
-    at_once = run_cli([*args, "--resume"], then=signal_when("[sft] resumed from", signal.SIGINT, signal.SIGINT, group=True))
+    # Step 5 stalls (a slow step), so the second Ctrl-C lands inside it however fast the machine is.
+    at_once = run_cli([*args, "--resume"], fault="stall_after_step:5",
+                      then=signal_when("[sft] resumed from", signal.SIGINT, signal.SIGINT, group=True))
     assert at_once.returncode == 130 and "posttrain sft: stopped at once by SIGINT; --resume continues from step 4" in \
         at_once.stderr, at_once.stderr[-3000:]
     assert "Traceback" not in at_once.stderr + at_once.stdout

@@ -4,6 +4,8 @@
 outside the tests — every hook is a dictionary lookup that answers no. The faults:
 
   kill_after_step:N                SIGKILL the driver after step N is trained and logged, before its checkpoint
+  stall_after_step:N               the driver sleeps (up to 120 s) after step N is logged, before its checkpoint:
+                                   a slow step, so that a test's signal lands inside it on any machine
   kill_during_checkpoint_write:N   SIGKILL the driver while checkpoint N is half written (workers' files
                                    on disk, no manifest, not committed)
   enospc_during_checkpoint_write:N the same moment raises OSError(ENOSPC), as a full disk does
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 ENV = "POSTTRAIN_FAULT"
 _fired: set[tuple[str, int]] = set()
@@ -57,6 +60,13 @@ def kill_self(name: str, n: int) -> None:
     if fires(name, n):
         print(f"[fault] {name}:{n}: SIGKILL", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stall(name: str, n: int, seconds: float = 120.0) -> None:
+    """Sleep if `name` is armed at `n` (a signal handler that raises ends the sleep, as it would a slow step)."""
+    if fires(name, n):
+        print(f"[fault] {name}:{n}: sleeping {seconds:.0f} s", flush=True)
+        time.sleep(seconds)
 
 
 def raise_enospc(name: str, n: int, where: str) -> None:

@@ -106,6 +106,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                 log.log(record)
                 consumed.log({"step": step, "prompt_ids": [p.id for p in batch]})
                 faults.kill_self("kill_after_step", step)
+                faults.stall("stall_after_step", step)
                 too_many = nonfinite.too_many(state)
                 if schedule.saves(step, nonfinite=too_many) or stop.requested:
                     workers.save(run, state)
