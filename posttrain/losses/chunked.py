@@ -15,6 +15,15 @@ partitioned weight in its forward hook (again when the chunk is recomputed in ba
 embeddings the head's weight is the embedding. Each call is a collective there, so ZeRO-3 ranks must
 make the same number of calls: `num_chunks` pads a rank's chunks with empty ones.
 
+The head's weight gradient is [V, H] (0.62 GB at the card's vocabulary and hidden size). Autograd
+makes a new one per chunk and sums them, with the embedding's own, in buffers of that size: measured
+on the real layer shape, three such tensors at once during backward. Where nothing but `.grad` reads
+the gradient (`head_grad_in_place`: ZeRO stage 0 in fp32, the head's weight whole on this rank, no hook
+on it), each chunk's backward adds its share into `weight.grad` in place instead (`HeadInPlace`, Liger's
+approach): no [V, H] temporary beyond `.grad`. With tied embeddings the embedding's own gradient is
+then taken sparse (`sparse_tied_embedding_grad`: the rows the micro-batch's tokens touched, added into
+that dense `.grad`), not as another dense [V, H] tensor.
+
 On CUDA, where Liger-Kernel is installed, the plain NLL (SFT) goes through its fused linear +
 cross-entropy Triton kernel instead (it reads the head's weight, so only where that weight is whole).
 """
@@ -56,12 +65,69 @@ def decoder_and_head(module) -> tuple[torch.nn.Module, torch.nn.Module]:
     return model.get_decoder(), model.get_output_embeddings()
 
 
+class HeadInPlace(torch.autograd.Function):
+    """logits = hidden @ weight.T, whose backward adds the weight's gradient into `weight.grad` in place
+    and hands autograd none for it.
+
+    Written by hand because autograd has no way to say "accumulate this parameter's gradient where it
+    already lives": every use returns a fresh [V, H] gradient that autograd then sums. Only correct where
+    `.grad` is all that reads the gradient — no hook on the parameter (ZeRO 1-3 and DeepSpeed's bf16
+    optimizer register one), and the caller checks that (`head_grad_in_place`).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_CH: torch.Tensor, weight_VH: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(hidden_CH)
+        ctx.weight = weight_VH  # the parameter itself: its .grad is written in backward
+        return hidden_CH @ weight_VH.T
+
+    @staticmethod
+    def backward(ctx, grad_logits_CV: torch.Tensor):
+        (hidden_CH,) = ctx.saved_tensors
+        weight_VH = ctx.weight
+        if ctx.needs_input_grad[1]:
+            with torch.no_grad():
+                if weight_VH.grad is None:
+                    weight_VH.grad = grad_logits_CV.T @ hidden_CH
+                else:
+                    weight_VH.grad.addmm_(grad_logits_CV.T, hidden_CH)
+        grad_hidden_CH = grad_logits_CV @ weight_VH if ctx.needs_input_grad[0] else None
+        return grad_hidden_CH, None
+
+
+def head_grad_in_place(head: torch.nn.Module, zero_stage: int, bf16: bool) -> bool:
+    """Whether `chunked_loss` may add the head's weight gradient into `.grad` itself (`HeadInPlace`): the
+    head a plain bias-free nn.Linear whose weight trains, at ZeRO stage 0 without DeepSpeed's bf16
+    optimizer (the only engine that puts no hook on a parameter's gradient: it reads `.grad` after
+    backward), and the weight carrying no hook of anyone else's."""
+    weight = getattr(head, "weight", None)
+    return (zero_stage == 0 and not bf16 and type(head) is torch.nn.Linear and head.bias is None
+            and weight is not None and weight.requires_grad and not getattr(weight, "_backward_hooks", None)
+            and not getattr(weight, "_post_accumulate_grad_hooks", None))
+
+
+def sparse_tied_embedding_grad(model: torch.nn.Module, head: torch.nn.Module) -> bool:
+    """Where the head's gradient goes into `.grad` in place and the input embedding is the head's weight:
+    make the embedding's backward return its gradient sparse (the rows of the row's tokens) instead of a
+    dense [V, H] of zeros with those rows filled. `.grad` is then always the dense tensor `HeadInPlace`
+    made first (chunked_loss makes it when a micro-batch has no target), and autograd adds the sparse rows
+    into it in place. True where it was switched on."""
+    embedding = model.get_input_embeddings()
+    if type(embedding) is not torch.nn.Embedding or embedding.weight is not getattr(head, "weight", None):
+        return False
+    embedding.sparse = True
+    return True
+
+
 def chunked_loss(hidden_NH: torch.Tensor, head: torch.nn.Module, targets_N: torch.Tensor, loss, cfg,
-                 inputs: dict[str, torch.Tensor], chunk_tokens: int, num_chunks: int | None = None) -> LossTotals:
+                 inputs: dict[str, torch.Tensor], chunk_tokens: int, num_chunks: int | None = None,
+                 grad_in_place: bool = False) -> LossTotals:
     """`loss` (a `posttrain.losses.Loss`) summed over the N target positions whose last hidden states are
     `hidden_NH`, with logits = head(hidden) computed `chunk_tokens` positions at a time.
 
     `num_chunks` (at least the chunks N needs) makes exactly that many head calls, the extra ones empty.
+    `grad_in_place` (only where `head_grad_in_place` says so): the head's weight gradient goes straight
+    into its `.grad` during backward (`HeadInPlace`) — `.grad` then holds it, not the autograd graph.
     """
     n = hidden_NH.shape[0]
     needed = math.ceil(n / chunk_tokens)
@@ -70,8 +136,13 @@ def chunked_loss(hidden_NH: torch.Tensor, head: torch.nn.Module, targets_N: torc
         raise ValueError(f"num_chunks={num_chunks} is fewer than the {needed} chunks of {chunk_tokens} that {n} targets need")
     names = tuple(inputs)
 
+    project = (lambda hidden_CH: HeadInPlace.apply(hidden_CH, head.weight)) if grad_in_place else head
+    if grad_in_place and num_chunks == 0 and head.weight.grad is None:
+        # No head call adds to `.grad` here; a sparse embedding gradient must still land in a dense one.
+        head.weight.grad = torch.zeros_like(head.weight)
+
     def one_chunk(hidden_CH, targets_C, *values):
-        out = loss.fn(head(hidden_CH), targets_C, cfg, **dict(zip(names, values)))
+        out = loss.fn(project(hidden_CH), targets_C, cfg, **dict(zip(names, values)))
         loss_C, metrics = out if isinstance(out, tuple) else (out, {})
         return loss_C.sum(), {name: values_C.detach().sum() for name, values_C in metrics.items()}
 

@@ -20,7 +20,8 @@ from posttrain.infra import faults
 from posttrain.infra.checkpoint import atomic_dir
 from posttrain.infra.runlog import quiet_library_progress
 from posttrain.losses import Loss
-from posttrain.losses.chunked import LossTotals, chunked_loss, decoder_and_head, fused_nll_kernel
+from posttrain.losses.chunked import (LossTotals, chunked_loss, decoder_and_head, fused_nll_kernel, head_grad_in_place,
+                                     sparse_tied_embedding_grad)
 from posttrain.losses.router import expert_counts, load_balancing_loss
 from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import deepspeed_config, init_distributed, make_optimizer, make_schedule, sparse_moe_block_classes
@@ -73,6 +74,8 @@ class TrainerWorker:
             trust_remote_code=model_cfg.trust_remote_code,
         )
         model.config.use_cache = False
+        if self.device.type == "cpu" and ds_cfg.zero_stage < 3:
+            _own_host_weights(model)
         if trainer_cfg.activation_checkpointing:
             # Non-reentrant: works with frozen inputs (LoRA) and without requiring grad on the embeddings.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -98,6 +101,11 @@ class TrainerWorker:
             self.engine.enable_backward_allreduce = False
         self.config = model.config
         self.decoder, self.head = decoder_and_head(self.engine.module)
+        # Stage 0 in fp32 reads gradients from `.grad` after backward: the chunked loss may add the head's
+        # [V, H] weight gradient there in place (no autograd temporaries of that size; posttrain.losses.chunked).
+        self.head_grad_in_place = head_grad_in_place(self.head, ds_cfg.zero_stage, self.engine.bfloat16_enabled())
+        if self.head_grad_in_place:
+            sparse_tied_embedding_grad(self.engine.module, self.head)  # nor a dense [V, H] for the embedding's
         import ray
 
         numel = lambda p: p.ds_numel if hasattr(p, "ds_numel") else p.numel()  # noqa: E731
@@ -195,7 +203,8 @@ class TrainerWorker:
             count = torch.tensor([-(-targets_N.numel() // chunk)], device=self.device)
             dist.all_reduce(count, op=dist.ReduceOp.MAX)
             num_chunks = int(count.item())
-        return chunked_loss(hidden_NH, self.head, targets_N, loss, loss_cfg, inputs, chunk, num_chunks)
+        return chunked_loss(hidden_NH, self.head, targets_N, loss, loss_cfg, inputs, chunk, num_chunks,
+                            grad_in_place=self.head_grad_in_place)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -316,6 +325,20 @@ def _step_unpartitioned(engine) -> tuple[float, bool]:
         return float(norm), True
     engine.step()
     return float(norm), False
+
+
+def _own_host_weights(model: torch.nn.Module) -> None:
+    """Give every parameter and buffer memory of its own on a CPU trainer.
+
+    transformers maps the safetensors file and keeps as views of it the tensors it did not convert, so
+    the mapping stays open while tensors it did convert (the fused experts) were copied out of it: the
+    file's pages for those stay resident beside the copies (0.30 GB for the real-shape test's model, in
+    every trainer process), and every view turns into a private copy page by page as AdamW writes it.
+    One copy each now, one tensor at a time, and the mapping is released. (On a GPU the move to the
+    device does this; under ZeRO-3 DeepSpeed's partitioning does.)"""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
 
 
 def _fault_nan_loss(loss: torch.Tensor, step: int) -> torch.Tensor:

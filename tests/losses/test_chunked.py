@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from posttrain.config import LoRAConfig
 from posttrain.data.packing import IGNORE
 from posttrain.losses import LOSSES, Loss
-from posttrain.losses.chunked import chunked_loss, decoder_and_head, fused_nll_kernel
+from posttrain.losses.chunked import (chunked_loss, decoder_and_head, fused_nll_kernel, head_grad_in_place,
+                                     sparse_tied_embedding_grad)
 from posttrain.losses.tokens import nll
 from posttrain.train.lora import apply_lora
 from tests.helpers import LOSS_CFG as CFG, packed_batch
@@ -123,3 +124,57 @@ def test_the_fused_kernel_is_not_chosen_off_cuda_or_for_other_losses(student):
     assert fused_nll_kernel(head, LOSSES["nll"], torch.device("cpu"), weights_partitioned=False) is None
     assert fused_nll_kernel(head, LOSSES["sampled"], torch.device("cuda", 0), weights_partitioned=False) is None
     assert fused_nll_kernel(head, LOSSES["nll"], torch.device("cuda", 0), weights_partitioned=True) is None
+
+
+def backward_grads(model, batch, loss: Loss, chunk: int, grad_in_place: bool, micro_batches: int = 2):
+    """`.grad` of every parameter after `micro_batches` backward passes through the chunked loss, as the
+    trainer accumulates them (the second pass adds into the first's `.grad`)."""
+    model.zero_grad(set_to_none=True)
+    decoder, head = decoder_and_head(model)
+    model.get_input_embeddings().sparse = grad_in_place and sparse_tied_embedding_grad(model, head)
+    for k in range(micro_batches):
+        b = packed_batch(model.config.vocab_size, seed=10 + k)
+        mask_T = b.labels != IGNORE
+        hidden_TH = decoder(input_ids=b.input_ids[None], position_ids=b.position_ids[None], use_cache=False).last_hidden_state[0]
+        totals = chunked_loss(hidden_TH[mask_T], head, b.labels[mask_T], loss, CFG,
+                              {name: b.extras[name][mask_T] for name in loss.inputs}, chunk, grad_in_place=grad_in_place)
+        (totals.loss * 0.37).backward()  # a scale, as the trainer's 1 / global targets
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["nll", "sampled", "topk"])
+def test_head_gradient_added_in_place_equals_autograds(student, name):
+    """HeadInPlace writes the tied head/embedding's gradient into `.grad` itself, the embedding's rows added
+    in sparse: the same gradients as autograd's sum, for every parameter, over two accumulated
+    micro-batches and a short last chunk."""
+    ref = backward_grads(student, None, LOSSES[name], chunk=7, grad_in_place=False)
+    ours = backward_grads(student, None, LOSSES[name], chunk=7, grad_in_place=True)
+    assert ours.keys() == ref.keys() and "model.embed_tokens.weight" in ref
+    assert not ours["model.embed_tokens.weight"].is_sparse
+    for param, grad in ref.items():
+        torch.testing.assert_close(ours[param], grad, atol=1e-6, rtol=1e-5, msg=param)
+
+
+def test_head_gradient_in_place_only_where_nothing_else_reads_it(student):
+    head = student.get_output_embeddings()
+    assert head_grad_in_place(head, zero_stage=0, bf16=False)
+    assert not head_grad_in_place(head, zero_stage=2, bf16=False)  # ZeRO hooks the gradient's accumulation
+    assert not head_grad_in_place(head, zero_stage=0, bf16=True)  # so does DeepSpeed's bf16 optimizer
+    handle = head.weight.register_post_accumulate_grad_hook(lambda p: None)
+    assert not head_grad_in_place(head, zero_stage=0, bf16=False)
+    handle.remove()
+    head.weight.requires_grad_(False)  # LoRA: the base head is frozen
+    assert not head_grad_in_place(head, zero_stage=0, bf16=False)
+
+
+def test_a_micro_batch_without_targets_still_leaves_a_dense_gradient(student):
+    """No head call, so only the sparse embedding rows reach the tied weight: they land in a dense `.grad`."""
+    decoder, head = decoder_and_head(student)
+    assert sparse_tied_embedding_grad(student, head)
+    batch = packed_batch(student.config.vocab_size)
+    hidden_TH = decoder(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None], use_cache=False).last_hidden_state[0]
+    none = torch.zeros(batch.labels.shape[0], dtype=torch.bool)
+    totals = chunked_loss(hidden_TH[none], head, batch.labels[none], LOSSES["nll"], CFG, {}, 7, grad_in_place=True)
+    (totals.loss + 0 * hidden_TH.sum()).backward()
+    grad = head.weight.grad
+    assert grad is not None and not grad.is_sparse and grad.shape == head.weight.shape and not grad.any()
