@@ -214,7 +214,8 @@ def opd(student: Path, teacher: Path, mixture: Path, out: Path, steps: int, args
     cfg.teachers = [TeacherStage(str(teacher), steps)]
     final = run_opd(cfg, overwrite=True)
     rows = records(out)
-    return {"model": str(final), "tokens": sum(r["tokens"] for r in rows), "steps": len(rows),
+    trained = [r for r in rows if "tokens" in r]  # the in-loop evaluation at step 0 has a row of its own
+    return {"model": str(final), "tokens": sum(r["tokens"] for r in trained), "steps": len(trained),
             "wall_s": time.perf_counter() - started, "curve": curve(rows)}
 
 

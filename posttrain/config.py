@@ -304,10 +304,11 @@ class TeacherConfig:
 @dataclass
 class LossConfig:
     # A loss by name (posttrain.losses.LOSSES; the estimators and what each costs: posttrain.losses.reverse_kl):
-    # sampled — the sampled token's reverse KL as an advantage (the card's recipe); topk — the reverse KL
-    # over the teacher's top-k (+ a tail bucket); topk_sampled — the top-k terms exactly and the sampled
-    # token's term beyond them (an unbiased estimate of the full reverse KL's gradient).
-    mode: str = "sampled"
+    # topk (the default: the best measured, docs/distillation_quality.md) — the reverse KL over the
+    # teacher's top-k (+ a tail bucket); sampled — the sampled token's reverse KL as an advantage (the
+    # card's recipe); topk_sampled — the top-k terms exactly and the sampled token's term beyond them (an
+    # unbiased estimate of the full reverse KL's gradient).
+    mode: str = "topk"
     kl_coef: float = 1.0
     clip_ratio: float = 0.2  # importance-ratio clip (PPO-style), against sampler/trainer mismatch
     # The teacher's top-k returned per response token: the target of the topk modes (k >= the vocabulary:
