@@ -13,6 +13,7 @@ from pathlib import Path
 from benchmarks.distill_report import accuracy, gap_closed
 
 ROOT = Path(__file__).resolve().parents[1]
+OPD_MODES = ("opd_topk", "opd_topk_sampled")  # the table's dense OPD arms beside the card's
 SAMPLED_TARGET = 0.5  # the card's sampled-token mode closes at least half of the gap on addition
 
 
@@ -22,7 +23,7 @@ def findings(summary: dict) -> str:
         return "**Result.** (the table's arms have not all run yet)"
     gap = {key: {t: gap_closed(summary, arms[key]["eval"], t) for t in tasks} for key in arms}
     lines = ["**Gap closed at equal FLOPs** (held-out greedy accuracy; (arm − student start) / (teacher − student start)):", ""]
-    for key in ("seqkd", "opd_sampled", summary["recommended"], "opd_topk", "sft_truth"):
+    for key in dict.fromkeys(("seqkd", "opd_sampled", summary["recommended"], *OPD_MODES, "sft_truth")):
         if key in gap:
             per_task = ", ".join(f"{t} {gap[key][t]:+.0%} ({accuracy(arms[key]['eval'], t):.3f})" for t in tasks)
             lines.append(f"- {summary['labels'].get(key, key)}: {per_task}")
@@ -52,13 +53,17 @@ def targets(summary: dict, gap: dict) -> list[str]:
 
 def recommendation(summary: dict, gap: dict) -> str:
     """The OPD mode of the table that closed the most of the gap, averaged over the tasks: the card's choice."""
-    opd = [k for k in ("opd_sampled", summary["recommended"], "opd_topk") if k in gap]
+    opd = [k for k in dict.fromkeys(("opd_sampled", summary["recommended"], *OPD_MODES)) if k in gap]
     best = max(opd, key=lambda k: sum(gap[k].values()) / len(gap[k]))
     mean = {k: sum(gap[k].values()) / len(gap[k]) for k in opd}
     return (f"**For the card recipe.** Mean gap closed over the tasks: "
             + ", ".join(f"{summary['labels'].get(k, k)} {v:+.0%}" for k, v in mean.items())
             + f". Measured best: {summary['labels'].get(best, best)} (`{' '.join(arms_overrides(summary, best))}`, "
-            "with the teacher's top-k returned: loss.topk = 20); the card's `loss.mode=sampled` is the worst of the three.")
+            "with the teacher's top-k returned: loss.topk = 20)"
+            + ("; it is the recommended mode, the default of `OPDConfig` and the shipped configs" if best == summary["recommended"]
+               else f"; **not** the recommended mode ({summary['labels'].get(summary['recommended'])}): "
+                    "benchmarks/distill_arms.py's RECOMMENDED and the configs' default should follow this run")
+            + (". The card's `loss.mode=sampled` is the worst of them." if min(mean, key=mean.get) == "opd_sampled" else "."))
 
 
 def arms_overrides(summary: dict, key: str) -> list[str]:
@@ -75,7 +80,7 @@ def curve_kl(arm: dict) -> tuple[float, float, float]:
 def why(summary: dict) -> str:
     """Why the card's mode does not move the student at this budget: what its KL and gradients did."""
     arms, rec = summary["arms"], summary["recommended"]
-    kl = {key: curve_kl(arms[key]) for key in ("opd_sampled", rec, "opd_topk") if key in arms}
+    kl = {key: curve_kl(arms[key]) for key in dict.fromkeys(("opd_sampled", rec, *OPD_MODES)) if key in arms}
     steps = {key: arms[key]["run"]["steps"] for key in ("seqkd", "opd_sampled") if key in arms}
     text = ["**Why.** The OPD reverse KL on the student's own samples at step 1 → its peak over the first 10 steps "
             "→ the mean of the last 10: "
