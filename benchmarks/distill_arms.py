@@ -55,4 +55,6 @@ VARIANTS = [
         ("loss.mode=topk", "loss.topk=4096", "optim.lr=3e-3")),
     Arm("v_topk_sampled_lr3e-3_cosine", "topk_sampled, lr 3e-3, warm-up 10, cosine to 3e-4", "opd",
         ("loss.mode=topk_sampled", "optim.lr=3e-3", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=3e-4")),
+    Arm("v_topk_lr3e-3_cosine", "topk, lr 3e-3, warm-up 10, cosine to 3e-4", "opd",
+        ("loss.mode=topk", "optim.lr=3e-3", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=3e-4")),
 ]

@@ -13,7 +13,11 @@ from tests.helpers import TINY_OPD, opd_config, prompt_ids, records, require_vll
 require_vllm()
 
 STAGES = (15, 10)  # checkpoints at 8, 15 (end of stage 1), 16, 24, 25, all kept; 16 is mid stage 2
-RUN = ("checkpoint.every=8", "checkpoint.keep=5", "rollout.backend=vllm", "teacher.backend=vllm")
+# The card's estimator (`sampled`), whose logged `reverse_kl` is the quantity it lowers step by step. With the
+# top-k default, stage 2's 10 steps on the random tiny qwen3_next teacher left that single-sample estimate
+# within noise (3.14 -> 3.20 over the first and last three steps; stage 1: 2.91 -> 2.49): this test is about
+# the engines, not the estimator (docs/distillation_quality.md compares estimators on a trained teacher).
+RUN = ("checkpoint.every=8", "checkpoint.keep=5", "rollout.backend=vllm", "teacher.backend=vllm", "loss.mode=sampled")
 
 
 def vllm_config(tiny_models, out, *overrides) -> OPDConfig:
