@@ -27,10 +27,11 @@ from tests.helpers import TINY_OPD, TINY_SFT, TreePeak, records, run_cli
 pytestmark = pytest.mark.slow
 
 # The issue's bound. Measured here (PSS of the whole tree, 2-core CPU): 8.6 GB with whole-row logits (the
-# issue), 6.43-6.83 GB with the loss in chunks (2026-12-01/02), 5.60 GB (2026-12-02) once the tied
+# issue), 6.43-6.83 GB with the loss in chunks (2026-12-01/02), 5.48-5.60 GB (2026-12-02) once the tied
 # head/embedding's [V, H] gradient stopped being made per chunk and summed by autograd (three 0.62 GB
 # tensors at once): it is added into `.grad` in place, the embedding's rows in sparse
-# (posttrain.losses.chunked.HeadInPlace). What is left: ~0.7 GB of driver and Ray processes, ~0.3 GB of
+# (posttrain.losses.chunked.HeadInPlace), and the CPU trainer's weights no longer views of the mapped
+# safetensors file (posttrain.train.worker._own_host_weights). What is left: ~0.7 GB of driver and Ray processes, ~0.3 GB of
 # interpreter and torch in the worker, 3.8 GB of fp32 weights, gradients and AdamW state, activations.
 SFT_PEAK_LIMIT = 6.0e9
 # Both stages run on what a CI machine has: full-parameter fp32 at ZeRO stage 0 (no flat-buffer copies),
