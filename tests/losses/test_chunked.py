@@ -35,14 +35,14 @@ def whole_row(model, batch, loss: Loss):
     return loss_N.sum(), {k: v.sum() for k, v in metrics.items()}
 
 
-def chunked(model, batch, loss: Loss, chunk: int, num_chunks=None):
+def chunked(model, batch, loss: Loss, chunk: int, num_chunks=None, grad_in_place: bool = False):
     """The trainer's path: the decoder's last hidden states at target positions, then chunked_loss."""
     decoder, head = decoder_and_head(model)
     mask_T = batch.labels != IGNORE
     hidden_TH = decoder(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
                         use_cache=False).last_hidden_state[0]
     totals = chunked_loss(hidden_TH[mask_T], head, batch.labels[mask_T], loss, CFG,
-                          {k: batch.extras[k][mask_T] for k in loss.inputs}, chunk, num_chunks)
+                          {k: batch.extras[k][mask_T] for k in loss.inputs}, chunk, num_chunks, grad_in_place)
     return totals.loss, totals.metrics
 
 
@@ -126,19 +126,16 @@ def test_the_fused_kernel_is_not_chosen_off_cuda_or_for_other_losses(student):
     assert fused_nll_kernel(head, LOSSES["nll"], torch.device("cuda", 0), weights_partitioned=True) is None
 
 
-def backward_grads(model, batch, loss: Loss, chunk: int, grad_in_place: bool, micro_batches: int = 2):
+def backward_grads(model, loss: Loss, chunk: int, grad_in_place: bool, micro_batches: int = 2):
     """`.grad` of every parameter after `micro_batches` backward passes through the chunked loss, as the
     trainer accumulates them (the second pass adds into the first's `.grad`)."""
     model.zero_grad(set_to_none=True)
-    decoder, head = decoder_and_head(model)
+    _, head = decoder_and_head(model)
     model.get_input_embeddings().sparse = grad_in_place and sparse_tied_embedding_grad(model, head)
     for k in range(micro_batches):
-        b = packed_batch(model.config.vocab_size, seed=10 + k)
-        mask_T = b.labels != IGNORE
-        hidden_TH = decoder(input_ids=b.input_ids[None], position_ids=b.position_ids[None], use_cache=False).last_hidden_state[0]
-        totals = chunked_loss(hidden_TH[mask_T], head, b.labels[mask_T], loss, CFG,
-                              {name: b.extras[name][mask_T] for name in loss.inputs}, chunk, grad_in_place=grad_in_place)
-        (totals.loss * 0.37).backward()  # a scale, as the trainer's 1 / global targets
+        value, _ = chunked(model, packed_batch(model.config.vocab_size, seed=10 + k), loss, chunk,
+                           grad_in_place=grad_in_place)
+        (value * 0.37).backward()  # a scale, as the trainer's 1 / global targets
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -147,8 +144,8 @@ def test_head_gradient_added_in_place_equals_autograds(student, name):
     """HeadInPlace writes the tied head/embedding's gradient into `.grad` itself, the embedding's rows added
     in sparse: the same gradients as autograd's sum, for every parameter, over two accumulated
     micro-batches and a short last chunk."""
-    ref = backward_grads(student, None, LOSSES[name], chunk=7, grad_in_place=False)
-    ours = backward_grads(student, None, LOSSES[name], chunk=7, grad_in_place=True)
+    ref = backward_grads(student, LOSSES[name], chunk=7, grad_in_place=False)
+    ours = backward_grads(student, LOSSES[name], chunk=7, grad_in_place=True)
     assert ours.keys() == ref.keys() and "model.embed_tokens.weight" in ref
     assert not ours["model.embed_tokens.weight"].is_sparse
     for param, grad in ref.items():
