@@ -206,7 +206,10 @@ def opd(student: Path, teacher: Path, mixture: Path, out: Path, steps: int, args
     started = time.perf_counter()
     cfg = load_config(OPDConfig, ROOT / "configs/tiny/opd.yaml", [
         f"model.path={student}", "model.build_tiny_if_missing=false", f"data.mixture={mixture}",
-        f"optim.lr={args.opd_lr}", f"rollout.prompts_per_step={args.prompts_per_step}",
+        # The benchmark's base schedule is the card's (a constant lr, no warm-up), pinned here rather than read from
+        # the tiny config, whose shipped schedule is an arm of its own (RECOMMENDED's overrides).
+        f"optim.lr={args.opd_lr}", "optim.schedule=constant", "optim.warmup_steps=0",
+        f"rollout.prompts_per_step={args.prompts_per_step}",
         f"rollout.samples_per_prompt={args.samples_per_prompt}", f"rollout.max_new_tokens={args.max_new_tokens}",
         f"output_dir={out}", f"eval.every={max(1, steps // 4)}", "eval.limit=64", f"eval.tasks=[{','.join(tasks)}]",
         f"eval.max_new_tokens={args.max_new_tokens}", f"checkpoint.every={steps}", "checkpoint.keep=1",

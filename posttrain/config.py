@@ -44,6 +44,11 @@ def non_negative(default):
     return field(default=default, metadata={"non_negative": True})
 
 
+def unit_interval(default):
+    """A number that must lie in [0, 1]."""
+    return field(default=default, metadata={"unit_interval": True})
+
+
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
 
 
@@ -303,17 +308,21 @@ class TeacherConfig:
 
 @dataclass
 class LossConfig:
-    # A loss by name (posttrain.losses.LOSSES; the estimators and what each costs: posttrain.losses.reverse_kl):
-    # topk (the default: the best measured, docs/distillation_quality.md) — the reverse KL over the
-    # teacher's top-k (+ a tail bucket); sampled — the sampled token's reverse KL as an advantage (the
-    # card's recipe); topk_sampled — the top-k terms exactly and the sampled token's term beyond them (an
-    # unbiased estimate of the full reverse KL's gradient).
-    mode: str = "topk"
+    # A loss by name (posttrain.losses.LOSSES; the estimators and what each costs: posttrain.losses.reverse_kl
+    # and .jsd): topk_jsd (the default: the best measured, docs/distillation_quality.md) — GKD's generalized
+    # JSD over the teacher's top-k (+ a tail bucket), `beta` from the forward KL (0, the default) to the reverse
+    # KL (1); sampled — the sampled token's reverse KL as an advantage (the card's recipe); topk — the reverse KL
+    # over the top-k and the bucket, exactly; topk_sampled — the top-k terms exactly and the sampled token's term
+    # beyond them (an unbiased estimate of the full reverse KL's gradient).
+    mode: str = "topk_jsd"
     kl_coef: float = 1.0
     clip_ratio: float = 0.2  # importance-ratio clip (PPO-style), against sampler/trainer mismatch
     # The teacher's top-k returned per response token: the target of the topk modes (k >= the vocabulary:
     # the teacher's full distribution), and for sampled mode the `reverse_kl_topk` metric; 0: none (sampled only).
     topk: int = non_negative(20)
+    # topk_jsd only, TRL's GKD convention: 0 the forward KL (the measured best), 0.5 the JSD (TRL's default), 1 the
+    # reverse KL (= topk).
+    beta: float = unit_interval(0.0)
     # The sampled-token advantage, over the global batch (posttrain.losses.advantages): a baseline
     # (none | batch_mean | prompt_mean: leave-one-out over the prompt's other samples), a division by
     # the batch's standard deviation, and a clamp of |A| (0: off).
@@ -482,6 +491,8 @@ def _check_values(cfg, where: str) -> None:
             raise ConfigError(f"{where}: {key} must be > 0, got {value!r}".replace(key, _quoted(key), 1))
         if meta.get("non_negative") and value < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {value!r}")
+        if meta.get("unit_interval") and not 0 <= value <= 1:
+            raise ConfigError(f"{where}: '{key}' must be in [0, 1], got {value!r}")
     if hasattr(cfg, "output_dir"):
         cfg.output_dir = check_output_dir(cfg.output_dir, where)
     _check_levers(cfg, where)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from posttrain.config import LossConfig
+from posttrain.losses.jsd import topk_jsd
 from posttrain.losses.reverse_kl import sampled_reverse_kl, topk_reverse_kl, topk_sampled_reverse_kl
 from posttrain.losses.tokens import nll
 
@@ -64,6 +65,7 @@ LOSSES: dict[str, Loss] = {
                     metric_inputs=("teacher_logprobs", *TOPK)),
     "topk": Loss(topk_reverse_kl, inputs=TOPK, metric_inputs=("teacher_logprobs",)),
     "topk_sampled": Loss(topk_sampled_reverse_kl, inputs=("sampler_logprobs", "teacher_logprobs", *TOPK)),
+    "topk_jsd": Loss(topk_jsd, inputs=TOPK, metric_inputs=("teacher_logprobs",)),
 }
 
 

@@ -86,7 +86,7 @@ def test_a_sampler_that_is_not_the_students_distribution_is_refused_at_config_ti
 def test_a_top_k_loss_without_the_teachers_top_k_is_refused(tiny_models, tmp_path):
     from posttrain.stages.opd.checks import check_choices
 
-    for mode in ("topk", "topk_sampled"):
+    for mode in ("topk", "topk_sampled", "topk_jsd"):
         with pytest.raises(ConfigError, match=rf"'loss.mode: {mode}' needs the teacher's top-k: 'loss.topk' must be > 0, got 0"):
             check_choices(opd_config(tiny_models, tmp_path, (1,), f"loss.mode={mode}", "loss.topk=0"))
     check_choices(opd_config(tiny_models, tmp_path, (1,), "loss.mode=sampled", "loss.topk=0"))  # top-k: its metric only

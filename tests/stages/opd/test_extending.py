@@ -45,7 +45,7 @@ def test_a_registered_loss_and_backend_are_used_by_name(tiny_models, undisturbed
     plain, extended = records(undisturbed)[0], records(out)[0]
     assert extended["reverse_kl"] == pytest.approx(plain["reverse_kl"] + 1.0, abs=1e-5)
     # On-policy at step 1 the importance ratio is 1 (to ~1e-6): the new loss per token is half the sampled
-    # reverse KL (the undisturbed run trains with the default top-k loss; its `reverse_kl` is the sampled one).
+    # reverse KL (the undisturbed run trains with the default loss; its `reverse_kl` is the sampled one).
     assert extended["loss"] == pytest.approx(0.5 * (plain["reverse_kl"] + 1.0), abs=1e-4)
     assert 0 < extended["above_teacher_frac"] <= 1  # the loss's own metric, per response token
 
