@@ -28,7 +28,7 @@ def findings(summary: dict) -> str:
             per_task = ", ".join(f"{t} {gap[key][t]:+.0%} ({accuracy(arms[key]['eval'], t):.3f})" for t in tasks)
             lines.append(f"- {summary['labels'].get(key, key)}: {per_task}")
     lines += ["", "**Targets.**", "", *targets(summary, gap), "", recommendation(summary, gap), "", why(summary), "",
-              tried(summary, gap)]
+              tried(summary, gap), "", noise(summary, gap)]
     return "\n".join(lines)
 
 
@@ -128,3 +128,18 @@ def tried(summary: dict, gap: dict) -> str:
             + ", ".join(f"{t} {v:+.0%}" for t, v in gap[best].items()) + "); sequence-level KD: "
             + ", ".join(f"{t} {v:+.0%}" for t, v in gap["seqkd"].items()) + ". "
             + (f"Not run yet (`--variants` runs them, ~15 min each on this machine): {'; '.join(not_run)}." if not_run else ""))
+
+
+def noise(summary: dict, gap: dict) -> str:
+    """Run-to-run noise: each arm run again with the rollouts' seed 1 (`trainer.seed=1`) against its seed-0 twin."""
+    by_overrides = {tuple(arms_overrides(summary, k)): k for k in gap}
+    pairs = [(by_overrides[o[:-1]], k) for o, k in by_overrides.items() if o and o[-1] == "trainer.seed=1" and o[:-1] in by_overrides]
+    if not pairs:
+        return ""
+    diffs = [abs(gap[a][t] - gap[b][t]) for a, b in pairs for t in summary["tasks"]]
+    return ("**Run-to-run noise.** The same arm with another rollout seed (`trainer.seed=1`; eval on the same "
+            f"{summary['args']['eval_limit']} prompts per task): "
+            + "; ".join(f"{summary['labels'].get(a, a)}: " + ", ".join(f"{t} {gap[a][t]:+.0%} → {gap[b][t]:+.0%}"
+                                                                      for t in summary["tasks"]) for a, b in pairs)
+            + f". The gap closed moves by up to {max(diffs) * 100:.0f} points (mean {sum(diffs) / len(diffs) * 100:.0f}) "
+            "from the seed alone: a difference between two single runs smaller than that is not a finding.")
