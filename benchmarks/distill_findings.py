@@ -127,7 +127,19 @@ def tried(summary: dict, gap: dict) -> str:
             f"below); the best by mean gap closed: {summary['labels'].get(best, best)} ("
             + ", ".join(f"{t} {v:+.0%}" for t, v in gap[best].items()) + "); sequence-level KD: "
             + ", ".join(f"{t} {v:+.0%}" for t, v in gap["seqkd"].items()) + ". "
+            + steps_note(summary, best)
             + (f"Not run yet (`--variants` runs them, ~15 min each on this machine): {'; '.join(not_run)}." if not_run else ""))
+
+
+def steps_note(summary: dict, best: str) -> str:
+    """Why a best variant with more, smaller steps than the recommended arm is not the default: its wall clock."""
+    arms, rec = summary["arms"], summary["recommended"]
+    if rec not in arms or arms[best]["run"]["steps"] <= arms[rec]["run"]["steps"]:
+        return ""
+    return (f"It spends the same FLOPs in {arms[best]['run']['steps']} smaller steps for the recommended arm's "
+            f"{arms[rec]['run']['steps']} ({arms[best]['run']['wall_s']:.0f} s of wall clock against "
+            f"{arms[rec]['run']['wall_s']:.0f} s here): a lever of the batch shape (`rollout.prompts_per_step`), "
+            "which the shipped configs leave at the card's. ")
 
 
 def noise(summary: dict, gap: dict) -> str:
