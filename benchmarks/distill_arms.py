@@ -31,11 +31,11 @@ FORWARD = ("loss.mode=topk_jsd", "loss.beta=0")
 
 ARMS = [
     Arm("seqkd", "(b) sequence-level KD", "seqkd"),
-    Arm("opd_sampled", "(c) OPD sampled-token (the card's mode and schedule)", "opd", CARD),
-    Arm(RECOMMENDED, "(d) OPD recommended: the forward KL over the teacher's top-20 + tail bucket (topk_jsd, beta 0), "
-        "lr 3e-3 warm-up + cosine: the default", "opd", (*FORWARD, *SCHEDULE)),
-    Arm("opd_reverse", "(e) OPD, the best reverse-KL estimator: topk_sampled (top-20 + the sampled token's correction), "
-        "lr 3e-3 warm-up + cosine", "opd", ("loss.mode=topk_sampled", *SCHEDULE)),
+    Arm("opd_sampled", "(c) OPD sampled-token reverse KL (the card's mode and schedule)", "opd", CARD),
+    Arm(RECOMMENDED, "(d) OPD recommended, the default: forward KL over the top-20 (topk_jsd, beta 0), warm-up + cosine",
+        "opd", (*FORWARD, *SCHEDULE)),
+    Arm("opd_reverse", "(e) OPD reverse KL, its best estimator: topk_sampled, warm-up + cosine", "opd",
+        ("loss.mode=topk_sampled", *SCHEDULE)),
     Arm("sft_truth", "(r) SFT on ground truth (reference)", "sft"),
 ]
 

@@ -55,3 +55,4 @@ def test_the_quality_pages_verdicts_are_computed_from_the_results():
     assert "the teacher here is 3.0x the student per token" in page
     assert "opd_forward: addition +100% → +80%, chain +50% → +60%" in page
     assert "moves by up to 20 points (mean 15)" in page
+    assert "the best configuration by mean gap closed: opd_forward (addition +90%, chain +55%, the mean of 2 seeds)" in page
