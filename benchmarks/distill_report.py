@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def plot(summary: dict, path: Path) -> None:
     tasks, arms = summary["tasks"], summary["arms"]
     variants = set(summary.get("variant_keys", []))
     shown = [k for k in arms if k not in variants]
-    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 + 5 * len(tasks), 4.5))
-    names = ["teacher", "student start"] + [summary["labels"].get(k, k) for k in shown]
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 + 5 * len(tasks), 6))
+    wrap = lambda label: textwrap.fill(label, 34)  # noqa: E731  (the labels say what each arm ran; keep them whole)
+    names = ["teacher", "student start"] + [wrap(summary["labels"].get(k, k)) for k in shown]
     results = [summary["teacher"], summary["start"]] + [arms[k]["eval"] for k in shown]
     width = 0.8 / len(tasks)
     for i, task in enumerate(tasks):
@@ -71,11 +73,11 @@ def plot(summary: dict, path: Path) -> None:
             points = [(r["tokens"], r[f"eval/{task}"]) for r in _cumulative(arms[key]["run"].get("curve", [])) if f"eval/{task}" in r]
             if points:
                 ax.plot([t * per_token / 1e12 for t, _ in points], [a for _, a in points], marker="o",
-                        label=summary["labels"].get(key, key))
+                        label=wrap(summary["labels"].get(key, key)))
         ax.axhline(accuracy(summary["teacher"], task), color="grey", linestyle="--", label="teacher")
         ax.axhline(accuracy(summary["start"], task), color="grey", linestyle=":", label="student start")
         ax.set(xlabel="OPD TFLOPs", ylabel=f"{task} accuracy (64 eval prompts)", ylim=(0, 1), title=f"During OPD: {task}")
-    axes[-1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -105,9 +107,14 @@ def lab_log(summary: dict) -> str:
                              if any(r.get(name) is not None for r in tail) else float("nan"))  # nan: not logged
         accs = " | ".join(f"{accuracy(result, t):.3f} ({gap_closed(summary, result, t):+.0%})" for t in tasks)
         lines.append(f"| {summary['labels'].get(key, key)} | {accs} | {result['teacher_kl']['reverse_kl']:.3f} | "
-                     f"{mean('grad_norm'):.2f} | {mean('grad_clipped'):.0%} | {mean('adv_std'):.2f} | "
+                     f"{mean('grad_norm'):.2f} | {mean('grad_clipped'):.0%} | {or_dash(mean('adv_std'))} | "
                      f"{sum(arm['flops'].values()) / summary['budget']:.2f} |")
     return "\n".join(lines)
+
+
+def or_dash(value: float) -> str:
+    """A metric the arm does not log (the dense modes have no advantages): a dash, not nan."""
+    return "–" if value != value else f"{value:.2f}"
 
 
 def write_docs(summary: dict, docs: Path) -> None:
