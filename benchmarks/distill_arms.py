@@ -79,6 +79,8 @@ VARIANTS = [
         "opd", (*FORWARD, "rollout.prompts_per_step=8", *SCHEDULE, "trainer.seed=1")),
     Arm("v_forward_cosine_4x2", "topk_jsd, beta 0, 4 prompts x 2 (eight times the steps), lr 3e-3, warm-up 10, cosine "
         "to 3e-4", "opd", (*FORWARD, "rollout.prompts_per_step=4", *SCHEDULE)),
+    Arm("v_forward_cosine_4x2_seed1", "topk_jsd, beta 0, 4 prompts x 2, lr 3e-3, warm-up 10, cosine to 3e-4, seed 1",
+        "opd", (*FORWARD, "rollout.prompts_per_step=4", *SCHEDULE, "trainer.seed=1")),
     Arm("v_forward_lr1e-2_cosine", "topk_jsd, beta 0, lr 1e-2, warm-up 10, cosine to 1e-3", "opd",
         (*FORWARD, "optim.lr=1e-2", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=1e-3")),
 ]
