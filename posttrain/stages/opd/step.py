@@ -93,8 +93,9 @@ def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: T
     got = ahead.take(step) if ahead else generate_and_score(step, prompts, rollout, teacher, cfg)
     wait_s, timer = time.perf_counter() - started, time.perf_counter()
 
-    # 3. Train: the loss `loss.mode` names (a divergence to the teacher) on the student's own tokens; prompt tokens carry no loss. What
-    #    needs the whole batch (the advantages' baseline and normalisation) is computed here, first.
+    # 3. Train: the loss `loss.mode` names (a divergence to the teacher) on the student's own tokens; prompt
+    #    tokens carry no loss. What needs the whole batch (the advantages' baseline and normalisation) is
+    #    computed here, first.
     loss = LOSSES[cfg.loss.mode].configured(cfg.loss)
     advantages = step_advantages(got, loss, cfg)
     per_sample = advantages.per_sample if advantages else [None] * len(got.samples)
