@@ -13,11 +13,11 @@ import torch
 from posttrain.config import RolloutConfig
 from posttrain.engines.batching import length_sorted_batches, rollout_padding
 from posttrain.engines.hf_engine import HFEngine
-from posttrain.engines.sizing import EngineSize
 from posttrain.engines.sampling import sample
+from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Sample
-from posttrain.models.end_of_turn import end_of_turn_ids
 from posttrain.infra.weight_buckets import load_tensors, received
+from posttrain.models.end_of_turn import end_of_turn_ids
 
 
 class HFRolloutWorker(HFEngine):
