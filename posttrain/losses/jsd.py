@@ -22,7 +22,7 @@ import math
 import torch
 
 from posttrain.config import LossConfig
-from posttrain.losses.reverse_kl import TopK, log1mexp
+from posttrain.losses.reverse_kl import TopK
 
 
 def topk_jsd(logits_NV: torch.Tensor, targets_N: torch.Tensor, cfg: LossConfig, *,
@@ -33,9 +33,8 @@ def topk_jsd(logits_NV: torch.Tensor, targets_N: torch.Tensor, cfg: LossConfig, 
     part = TopK(logp_NV, targets_N, teacher_topk_ids, teacher_topk_logprobs)
     student_NB, teacher_NB = part.logp_NK, teacher_topk_logprobs.float()
     if teacher_topk_ids.shape[-1] < logits_NV.shape[-1]:
-        teacher_tail_N = log1mexp(torch.logsumexp(teacher_topk_logprobs.double(), dim=-1)).float()
         student_NB = torch.cat([student_NB, part.tail_logp_N[:, None]], dim=-1)
-        teacher_NB = torch.cat([teacher_NB, teacher_tail_N[:, None]], dim=-1)
+        teacher_NB = torch.cat([teacher_NB, part.teacher_tail_logp_N[:, None]], dim=-1)
     beta = cfg.beta
     if beta == 0.0:
         loss_N = kl(teacher_NB, student_NB)

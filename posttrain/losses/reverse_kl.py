@@ -61,8 +61,7 @@ def topk_reverse_kl(logits_NV: torch.Tensor, targets_N: torch.Tensor, cfg: LossC
     kl_N = (part.p_NK * (part.logp_NK - teacher_topk_logprobs)).sum(-1)
     if teacher_topk_ids.shape[-1] < logits_NV.shape[-1]:
         # The tail bucket: every token outside the teacher's top-k, as one outcome.
-        teacher_tail_N = log1mexp(torch.logsumexp(teacher_topk_logprobs.double(), dim=-1)).float()
-        kl_N = kl_N + part.tail_logp_N.exp() * (part.tail_logp_N - teacher_tail_N)
+        kl_N = kl_N + part.tail_logp_N.exp() * (part.tail_logp_N - part.teacher_tail_logp_N)
     metrics = {}
     if teacher_logprobs is not None:
         metrics["reverse_kl_topk"] = part.exact_kl(logp_NV.detach().gather(-1, targets_N[:, None])[:, 0], teacher_logprobs)
@@ -87,8 +86,7 @@ def topk_sampled_reverse_kl(logits_NV: torch.Tensor, targets_N: torch.Tensor, cf
     # per position): c · ∇p_tail exactly, plus E_y[1(y∉K)(log p_y − log q_y − c) ∇log p_y] from the one draw.
     # c is a baseline (it does not depend on y), so the sum stays unbiased; it takes out the bulk of the
     # tail's log-ratio (a teacher's tail token sits ~10 nats below the student's), and with it most variance.
-    teacher_tail_N = log1mexp(torch.logsumexp(teacher_topk_logprobs.double(), dim=-1)).float()
-    c_N = (part.tail_logp_N - teacher_tail_N).detach()
+    c_N = (part.tail_logp_N - part.teacher_tail_logp_N).detach()
     loss_N = loss_N + part.tail_logp_N.exp() * c_N
     advantage_N = -cfg.kl_coef * (sampler_logprobs - teacher_logprobs - c_N)
     tail_N, clipped_N = clipped_policy_gradient(logp_N, sampler_logprobs, advantage_N, cfg.clip_ratio)
@@ -111,7 +109,8 @@ def clipped_policy_gradient(logp_N: torch.Tensor, sampler_logp_N: torch.Tensor, 
 
 class TopK:
     """The student's side of the teacher's top-k at each position: log p and p there, the tail's log-mass
-    (log Σ_{v∉K} p_v, from the logits: no cancellation), and whether the sampled token is in the top-k."""
+    (log Σ_{v∉K} p_v, from the logits: no cancellation), and whether the sampled token is in the top-k;
+    and the teacher's tail log-mass (`teacher_tail_logp_N`), for the losses with a tail bucket."""
 
     def __init__(self, logp_NV: torch.Tensor, targets_N: torch.Tensor, ids_NK: torch.Tensor, teacher_logp_NK: torch.Tensor):
         self.logp_NK = logp_NV.gather(-1, ids_NK)
@@ -119,6 +118,11 @@ class TopK:
         self.teacher_logp_NK = teacher_logp_NK
         self.tail_logp_N = torch.logsumexp(logp_NV.scatter(-1, ids_NK, float("-inf")), dim=-1)
         self.in_topk_N = (ids_NK == targets_N[:, None]).any(-1)
+
+    @property
+    def teacher_tail_logp_N(self) -> torch.Tensor:
+        """log(1 − Σ_K q): the teacher's mass outside its top-k, in log space (float64 for the sum's precision)."""
+        return log1mexp(torch.logsumexp(self.teacher_logp_NK.double(), dim=-1)).float()
 
     @torch.no_grad()
     def exact_kl(self, logp_N: torch.Tensor, teacher_logp_N: torch.Tensor) -> torch.Tensor:
