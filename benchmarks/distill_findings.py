@@ -122,9 +122,8 @@ def tried(summary: dict, gap: dict) -> str:
                 "were not run in this session: `python benchmarks/distill_quality.py --variants` runs them (~10 min each "
                 "on this machine) and this page then lists them below.")
     # The best configuration, its runs with other seeds averaged in (a single lucky seed is not a configuration).
-    groups: dict[tuple, list[str]] = {}
-    for key in [k for k in gap if k in ran or k in OPD_MODES or k == summary["recommended"]]:
-        groups.setdefault(without_seed(arms_overrides(summary, key)), []).append(key)
+    rec = summary["recommended"]
+    groups = by_configuration(summary, [k for k in gap if k in ran or k in OPD_MODES or k == rec])
     mean = {cfg: {t: sum(gap[k][t] for k in keys) / len(keys) for t in summary["tasks"]} for cfg, keys in groups.items()}
     best_cfg = max(mean, key=lambda cfg: sum(mean[cfg].values()))
     best = groups[best_cfg][0]
@@ -134,12 +133,25 @@ def tried(summary: dict, gap: dict) -> str:
             f"below); the best configuration by mean gap closed: {summary['labels'].get(best, best)} ("
             + ", ".join(f"{t} {v:+.0%}" for t, v in mean[best_cfg].items()) + runs + "); sequence-level KD: "
             + ", ".join(f"{t} {v:+.0%}" for t, v in gap["seqkd"].items()) + ". "
-            + steps_note(summary, groups[best_cfg], [k for keys in groups.values() if summary["recommended"] in keys for k in keys])
+            + steps_note(summary, groups[best_cfg], groups.get(configuration(summary, rec), []) if rec in gap else [])
             + (f"Not run yet (`--variants` runs them, ~15 min each on this machine): {'; '.join(not_run)}." if not_run else ""))
 
 
 def without_seed(overrides: list[str]) -> tuple[str, ...]:
     return tuple(o for o in overrides if not o.startswith("trainer.seed="))
+
+
+def configuration(summary: dict, key: str) -> tuple[str, ...]:
+    """What an arm ran but the rollouts' seed: its kind (seqKD and SFT both have no overrides) and overrides."""
+    return (summary["arms"][key]["spec"]["kind"], *without_seed(arms_overrides(summary, key)))
+
+
+def by_configuration(summary: dict, keys: list[str]) -> dict[tuple, list[str]]:
+    """The arms grouped by `configuration`; in each group the run without a seed override (seed 0) first."""
+    groups: dict[tuple, list[str]] = {}
+    for key in sorted(keys, key=lambda k: any(o.startswith("trainer.seed=") for o in arms_overrides(summary, k))):
+        groups.setdefault(configuration(summary, key), []).append(key)
+    return groups
 
 
 def steps_note(summary: dict, best: list[str], recommended: list[str]) -> str:
@@ -157,8 +169,7 @@ def steps_note(summary: dict, best: list[str], recommended: list[str]) -> str:
 
 def noise(summary: dict, gap: dict) -> str:
     """Run-to-run noise: each arm run again with the rollouts' seed 1 (`trainer.seed=1`) against its seed-0 twin."""
-    by_overrides = {tuple(arms_overrides(summary, k)): k for k in gap}
-    pairs = [(by_overrides[o[:-1]], k) for o, k in by_overrides.items() if o and o[-1] == "trainer.seed=1" and o[:-1] in by_overrides]
+    pairs = [(keys[0], other) for keys in by_configuration(summary, list(gap)).values() for other in keys[1:]]
     if not pairs:
         return ""
     diffs = [abs(gap[a][t] - gap[b][t]) for a, b in pairs for t in summary["tasks"]]

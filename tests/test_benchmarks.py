@@ -37,7 +37,9 @@ def test_the_quality_pages_verdicts_are_computed_from_the_results():
         return {"tasks": {"addition": {"accuracy": addition}, "chain": {"accuracy": chain}}}
 
     def arm(addition, chain, *overrides):
-        return {"eval": result(addition, chain), "spec": {"overrides": list(overrides)}, "run": {"steps": 200, "curve": []}}
+        kind = "opd" if overrides else "seqkd"
+        return {"eval": result(addition, chain), "spec": {"kind": kind, "overrides": list(overrides)},
+                "run": {"steps": 200, "curve": []}}
 
     summary = {
         "tasks": ["addition", "chain"], "args": {"work_dir": "nowhere", "eval_limit": 200}, "recommended": "opd_forward",
@@ -46,7 +48,8 @@ def test_the_quality_pages_verdicts_are_computed_from_the_results():
         "teacher": result(0.9, 0.8), "start": result(0.4, 0.2),
         "arms": {"seqkd": arm(0.85, 0.8), "opd_sampled": arm(0.3, 0.2, "loss.mode=sampled"),
                  "opd_forward": arm(0.9, 0.5, "loss.mode=topk_jsd"), "opd_reverse": arm(0.6, 0.4, "loss.mode=topk"),
-                 "v_forward_seed1": arm(0.8, 0.56, "loss.mode=topk_jsd", "trainer.seed=1")},
+                 "v_forward_seed1": arm(0.8, 0.56, "loss.mode=topk_jsd", "trainer.seed=1"),
+                 "sft_truth": {**arm(0.95, 0.9), "spec": {"kind": "sft", "overrides": []}}},
     }
     page = findings(summary)
     assert "it closes -20%: **missed** by 70 points of the gap." in page
@@ -55,4 +58,5 @@ def test_the_quality_pages_verdicts_are_computed_from_the_results():
     assert "the teacher here is 3.0x the student per token" in page
     assert "opd_forward: addition +100% → +80%, chain +50% → +60%" in page
     assert "moves by up to 20 points (mean 15)" in page
+    assert "seqkd" not in page.split("**Run-to-run noise.**")[1]  # seqKD and SFT: no overrides, not seed twins
     assert "the best configuration by mean gap closed: opd_forward (addition +90%, chain +55%, the mean of 2 seeds)" in page
