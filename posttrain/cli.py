@@ -15,7 +15,7 @@ from posttrain.eval.report import write_report
 from posttrain.eval.run import evaluate, format_table, write_json
 from posttrain.eval.tasks import TASKS
 from posttrain.infra.checkpoint import CheckpointWriteError
-from posttrain.infra.cluster import PlacementError, WorkerFailure
+from posttrain.infra.cluster import PlacementError, WorkerFailure, ray_left_on_exit
 from posttrain.infra.runlog import quiet_library_progress
 from posttrain.infra.stopping import Interrupted, StopNow
 from posttrain.models.locate import ModelError, check_model_dir
@@ -117,7 +117,8 @@ def run_stage(stage: str, run, args) -> int:
     checkpoint) or the last complete checkpoint (second signal, or one before the first step)."""
     cfg = stage_config(stage, args)
     try:
-        run(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
+        with ray_left_on_exit():  # before the last line below, so nothing Ray prints follows it
+            run(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
     except Interrupted as e:
         print(f"posttrain {stage}: {e}. Continue with:\n  {resume_command(stage, args, cfg.output_dir)}", file=sys.stderr)
         return e.exit_status

@@ -253,12 +253,16 @@ def test_the_opd_default_student_follows_where_sft_wrote(tmp_path, monkeypatch, 
 
 
 def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resumes_exactly(tiny_models, sft_straight,
-                                                                                          sft_fault_run, tmp_path, capsys):
+                                                                                          sft_fault_run, tmp_path, capsys,
+                                                                                          monkeypatch):
     """Rows: SIGKILL of the driver mid-checkpoint (no Ray process, agents included, outlives it; the
     half-written checkpoint is not taken for one); Ctrl-C (SIGINT to
     the process group, as a terminal sends it) and SIGTERM (to the driver, as `timeout` and schedulers
-    send it) each finish the step, checkpoint, print the resume command and exit 130 / 143; a second
-    Ctrl-C stops at once. The run then ends on the uninterrupted run's weights."""
+    send it) each finish the step, checkpoint, print the resume command as the last line and exit
+    130 / 143, even with Ray's raylet warning of a full disk every 10 s; a second Ctrl-C stops at once.
+    The run then ends on the uninterrupted run's weights."""
+    # Every disk is "full" past 1%: the runs' raylets print their warning every 10 s, as on a nearly full machine.
+    monkeypatch.setenv("RAY_local_fs_capacity_threshold", "0.01")
     out = tmp_path / "run"
     args = ["sft", "--config", TINY_SFT, "--output-dir", str(out), f"model.path={tiny_models['student']}",
             "logging.progress_bar=false", *sft_fault_run]
@@ -274,6 +278,7 @@ def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resume
         assert stopped.returncode == status, stopped.stderr[-3000:]
         assert f"posttrain sft: stopped by {name} after step {step}; checkpoint {out}/checkpoints/step_0000000{step} " \
                f"written. Continue with:\n  posttrain sft --config {TINY_SFT} --output-dir {out}" in stopped.stderr
+        assert "file_system_monitor" in stopped.stderr  # the warning came, and before the last line:
         assert stopped.stderr.rstrip().endswith("--resume") and "Traceback" not in stopped.stderr + stopped.stdout
         assert (out / "checkpoints" / "latest").read_text() == f"step_0000000{step}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,23 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
 
 
 _watchers: list = []  # the reaper pipes: held open for as long as this driver lives
+
+
+@contextmanager
+def ray_left_on_exit():
+    """Leave Ray at the end of the block if it was not up at its start (stopping the local Ray started
+    within; only disconnecting from a cluster), so nothing its processes print (a raylet's disk-space
+    warning every 10 s, say) lands after what the caller prints next: a stopped run's resume command
+    must be the last thing its user reads. Ray would do the same at exit, after that line. A Ray that
+    was already up (a caller's own, a test session's) is the caller's to leave."""
+    import ray
+
+    up_before = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not up_before and ray.is_initialized():
+            ray.shutdown()
 
 
 def _local_ray_processes() -> list:
