@@ -44,6 +44,18 @@ def sampled(key: str, label: str, *overrides: str) -> Arm:
     return Arm(f"v_sampled_{key}", f"sampled-token, {label}", "opd", (*CARD, *overrides))
 
 
+def forward(prompts: int, why: str = "", seed: int = 0) -> Arm:
+    """The recommended forward KL at SCHEDULE, `prompts` x 2 per step (at the same FLOPs, fewer prompts
+    make more, smaller steps), its rollouts sampled with `seed`; `why` follows what it varies."""
+    shape = f"{prompts} prompts x 2" if prompts != 32 else ""
+    parts = ["topk_jsd, beta 0", f"{shape} {why}".strip() if shape else "", "lr 3e-3, warm-up 10, cosine to 3e-4",
+             f"seed {seed} {'' if shape else why}".strip() if seed else ""]
+    overrides = (*FORWARD, *([f"rollout.prompts_per_step={prompts}"] if shape else []), *SCHEDULE,
+                 *([f"trainer.seed={seed}"] if seed else []))
+    key = "v_forward_cosine" + (f"_{prompts}x2" if shape else "") + (f"_seed{seed}" if seed else "")
+    return Arm(key, ", ".join(filter(None, parts)), "opd", overrides)
+
+
 # The levers the OPD literature and the peers use, each alone on top of the card's mode, then the dense modes.
 VARIANTS = [
     sampled("warmup", "lr warm-up 20 steps", "optim.warmup_steps=20"),
@@ -65,22 +77,15 @@ VARIANTS = [
     # GKD's generalized JSD (TRL): the forward KL's pull does not vanish where the student misses the teacher's token.
     Arm("v_jsd0.5_cosine", "topk_jsd, beta 0.5 (the JSD), lr 3e-3, warm-up 10, cosine to 3e-4", "opd",
         ("loss.mode=topk_jsd", "loss.beta=0.5", *SCHEDULE)),
-    Arm("v_forward_cosine_16x2", "topk_jsd, beta 0, 16 prompts x 2 (twice the steps), lr 3e-3, warm-up 10, cosine to 3e-4",
-        "opd", ("loss.mode=topk_jsd", "loss.beta=0", "rollout.prompts_per_step=16", *SCHEDULE)),
-    Arm("v_forward_cosine_seed1", "topk_jsd, beta 0, lr 3e-3, warm-up 10, cosine to 3e-4, seed 1 (the rollouts' sampling "
-        "seed: run-to-run noise)", "opd", (*FORWARD, *SCHEDULE, "trainer.seed=1")),
-    Arm("v_forward_cosine_16x2_seed1", "topk_jsd, beta 0, 16 prompts x 2, lr 3e-3, warm-up 10, cosine to 3e-4, seed 1",
-        "opd", (*FORWARD, "rollout.prompts_per_step=16", *SCHEDULE, "trainer.seed=1")),
+    forward(16, "(twice the steps)"),
+    forward(32, "(the rollouts' sampling seed: run-to-run noise)", seed=1),
+    forward(16, seed=1),
     Arm("v_topk_sampled_cosine_seed1", "topk_sampled, lr 3e-3, warm-up 10, cosine to 3e-4, seed 1", "opd",
         ("loss.mode=topk_sampled", *SCHEDULE, "trainer.seed=1")),
-    Arm("v_forward_cosine_8x2", "topk_jsd, beta 0, 8 prompts x 2 (four times the steps), lr 3e-3, warm-up 10, cosine "
-        "to 3e-4", "opd", (*FORWARD, "rollout.prompts_per_step=8", *SCHEDULE)),
-    Arm("v_forward_cosine_8x2_seed1", "topk_jsd, beta 0, 8 prompts x 2, lr 3e-3, warm-up 10, cosine to 3e-4, seed 1",
-        "opd", (*FORWARD, "rollout.prompts_per_step=8", *SCHEDULE, "trainer.seed=1")),
-    Arm("v_forward_cosine_4x2", "topk_jsd, beta 0, 4 prompts x 2 (eight times the steps), lr 3e-3, warm-up 10, cosine "
-        "to 3e-4", "opd", (*FORWARD, "rollout.prompts_per_step=4", *SCHEDULE)),
-    Arm("v_forward_cosine_4x2_seed1", "topk_jsd, beta 0, 4 prompts x 2, lr 3e-3, warm-up 10, cosine to 3e-4, seed 1",
-        "opd", (*FORWARD, "rollout.prompts_per_step=4", *SCHEDULE, "trainer.seed=1")),
+    forward(8, "(four times the steps)"),
+    forward(8, seed=1),
+    forward(4, "(eight times the steps)"),
+    forward(4, seed=1),
     Arm("v_forward_lr1e-2_cosine", "topk_jsd, beta 0, lr 1e-2, warm-up 10, cosine to 1e-3", "opd",
         (*FORWARD, "optim.lr=1e-2", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=1e-3")),
 ]
