@@ -137,8 +137,11 @@ def tried(summary: dict, gap: dict) -> str:
             + (f"Not run yet (`--variants` runs them, ~15 min each on this machine): {'; '.join(not_run)}." if not_run else ""))
 
 
+SEED = "trainer.seed="  # the override that sets the rollouts' sampling seed (run-to-run noise)
+
+
 def without_seed(overrides: list[str]) -> tuple[str, ...]:
-    return tuple(o for o in overrides if not o.startswith("trainer.seed="))
+    return tuple(o for o in overrides if not o.startswith(SEED))
 
 
 def configuration(summary: dict, key: str) -> tuple[str, ...]:
@@ -149,7 +152,7 @@ def configuration(summary: dict, key: str) -> tuple[str, ...]:
 def by_configuration(summary: dict, keys: list[str]) -> dict[tuple, list[str]]:
     """The arms grouped by `configuration`; in each group the run without a seed override (seed 0) first."""
     groups: dict[tuple, list[str]] = {}
-    for key in sorted(keys, key=lambda k: any(o.startswith("trainer.seed=") for o in arms_overrides(summary, k))):
+    for key in sorted(keys, key=lambda k: any(o.startswith(SEED) for o in arms_overrides(summary, k))):
         groups.setdefault(configuration(summary, key), []).append(key)
     return groups
 
