@@ -365,26 +365,49 @@ class OPDConfig:
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Read `path` (YAML), apply `key=value` overrides, and build a `cls` dataclass."""
+    """Read `path` (YAML, with its `base:` chain), apply `key=value` overrides, and build a `cls` dataclass."""
     raw: dict = {}
     where = "defaults"
     if path is not None:
         where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raw = read_config_yaml(path)
     for item in overrides or []:
         apply_override(raw, item)
     cfg = _build(cls, raw, prefix="", where=where)
     _check_values(cfg, where)
     return cfg
+
+
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a dict. `base: other.yaml` (relative to the file) makes it a variant: the base file's
+    values, with this file's keys merged over them section by section; so a variant says only what differs."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else "")) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: 'base: {base}' leads back to itself")
+    return _merge(read_config_yaml(base_path, (*_seen, path.resolve())), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -15,12 +15,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from posttrain.config import ConfigError, LoRAConfig, OPDConfig, SFTConfig, load_config
+from posttrain.config import ConfigError, LoRAConfig, OPDConfig, SFTConfig, load_config, read_config_yaml
 from posttrain.engines.sizing import EngineSize, rollout_size, teacher_size
 from posttrain.infra.paths import resolve_path
 from posttrain.models.architectures import HUB_IDS, KNOWN, architecture_config
 from posttrain.models.params import count_parameters, train_flops_per_token
 from posttrain.planning.levers import colocated_peak, training_memory
+from posttrain.planning.run_length import sft_steps
 
 GiB = 1024**3
 
@@ -398,12 +399,13 @@ def _sft_time(cfg, student: Shape, gpu: GPU, trainer_gpus: int, train_flops_fact
     tokens = cfg.trainer.global_batch_size * seq  # packed, padding-free: every slot a token (upper bound)
     flops = train_flops_per_token(student.config, seq) * train_flops_factor
     step_s = tokens * flops / (trainer_gpus * gpu.peak_bf16_flops * CONSTANTS["train_mfu"].value)
-    steps = cfg.trainer.max_steps or CARD["sft_steps"]
+    length = sft_steps(cfg, fallback=CARD["sft_steps"])
+    steps = length.steps
     return {
         "phases": [{"phase": "train", "s": step_s,
                     "how": f"{tokens:,} tokens x {flops / 1e9:.2f} GFLOP/token at train_mfu over {trainer_gpus} GPUs"}],
         "step_s": step_s, "steps": steps, "total_h": step_s * steps / 3600,
-        "steps_source": "trainer.max_steps" if cfg.trainer.max_steps else "the card (~4,000 steps for 1 epoch)",
+        "steps_source": length.source, "card_steps": CARD["sft_steps"],
         "card_step_s": CARD["sft_hours"] * 3600 / CARD["sft_steps"], "card_total_h": CARD["sft_hours"],
         "tokens_per_s_per_gpu": tokens / step_s / trainer_gpus,
     }
@@ -516,7 +518,8 @@ def format_plan(p: dict) -> str:
     lines.append(f"  {'step':18s} {t['step_s']:8.1f} s   (card: {t['card_step_s']:.1f} s)")
     lines.append(f"  {'total':18s} {t['total_h']:8.1f} h   for {t['steps']:,} steps (card: ~{t['card_total_h']:.0f} h on 64 GPUs)")
     if "steps_source" in t:
-        lines.append(f"  steps from {t['steps_source']}; {t['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU")
+        lines.append(f"  {t['steps']:,} steps (card: ~{t['card_steps']:,}) from {t['steps_source']}")
+        lines.append(f"  {t['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU")
     if "mean_response_tokens" in t:
         lines.append(f"  mean prompt {t['mean_prompt_tokens']} / response {t['mean_response_tokens']} tokens (assumed)")
     verdicts = [g for g in p["groups"] if not g["fits"]]
@@ -535,14 +538,8 @@ def format_plan(p: dict) -> str:
 
 def plan_command(config: str, gpus: int | None, gpu: str, overrides: list[str], gpu_memory_gb: float | None = None,
                  json_path: str | None = None, levers: dict | None = None) -> dict:
-    import yaml
-
-
     path = resolve_path(config)
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {config}") from None
+    raw = read_config_yaml(path)
     cfg = load_config(OPDConfig if "teachers" in raw else SFTConfig, path, overrides)
     if gpu not in GPUS:
         raise ConfigError(f"--gpu {gpu!r}: known GPUs are {', '.join(GPUS)}")
