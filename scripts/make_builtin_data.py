@@ -414,9 +414,18 @@ def build() -> dict[str, list[dict]]:
             if prompt in seen:  # OPD prompts are never SFT prompts, nor repeated
                 continue
             seen.add(prompt)
-            rows.append({"id": f"{category}-{len(rows):04d}", "prompt": prompt, "answer": answer})
+            rows.append(opd_row(category, f"{category}-{len(rows):04d}", prompt, answer))
         files[f"opd/{category}.jsonl"] = rows
     return files
+
+
+def opd_row(category: str, row_id: str, prompt: str, answer: str | None) -> dict:
+    """An OPD prompt row; the math ones in DAPO-Math-17k's layout (the prompt a list of chat messages, the answer
+    in `reward_model.ground_truth`, the id in `extra_info.index`), so every tiny OPD run reads that layout too."""
+    if category != "math":
+        return {"id": row_id, "prompt": prompt, "answer": answer}
+    return {"data_source": "tiny_math", "prompt": [{"content": prompt, "role": "user"}], "ability": "MATH",
+            "reward_model": {"ground_truth": answer, "style": "rule"}, "extra_info": {"index": row_id}}
 
 
 def render(rows: list[dict]) -> str:

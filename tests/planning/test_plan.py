@@ -39,6 +39,24 @@ def test_plan_prints_the_table_for_both_marco_mini_configs(capsys):
     assert "rollout (decode)" in opd and "(card: 104.2 s)" in opd and "(card: ~110 h on 64 GPUs)" in opd
 
 
+def test_the_sft_step_count_is_derived_from_the_config_and_the_mixture(capsys, tmp_path):
+    """One epoch of the card's mixture (its sources' take/size) at 512 sequences a step is the card's ~4,000 steps;
+    the plan says how it got there, and that it is an estimate."""
+    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    derived = next(line for line in out.splitlines() if "steps (card: ~4,000) from" in line)
+    steps = int(derived.split()[0].replace(",", ""))
+    assert abs(steps - 4000) <= 400
+    assert "trainer.epochs 1 x marco_mini_sft.yaml: 2,048,000 rows over 7 sources" in derived
+    assert "/ trainer.global_batch_size 512 (an estimate" in derived
+    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu", "h100", "trainer.epochs=0.5"]) == 0
+    assert "2,000 steps (card: ~4,000) from trainer.epochs 0.5" in capsys.readouterr().out
+    (tmp_path / "m.yaml").write_text("sources:\n  - {name: big, hub: org/big, format: messages, weight: 1}\n")
+    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu", "h100", f"data.mixture={tmp_path / 'm.yaml'}"]) == 0
+    assert "from the card's ~4,000 (the mixture does not tell: source 'big' gives neither 'size' nor a 'take'" \
+        in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("config", [SFT, OPD])
 def test_the_card_configs_fit_80gb_gpus_with_headroom(config):
     p = plan(load_config(OPDConfig if config == OPD else SFTConfig, config), 64, GPUS["h100"])
