@@ -73,6 +73,10 @@ class ModelConfig:
     # is installed (GPU, bf16); "sdpa" builds a dense block mask per row (quadratic in the row).
     attn_implementation: str = "sdpa_packed"
     trust_remote_code: bool = False  # off unless a config turns it on
+    # SFT: a model (hub id or path; the OPD teacher) whose chat template, end-of-turn and padding tokens and
+    # generation config the student takes: it trains in that format and `final/` exports it, so the teachers score
+    # a format the student speaks (posttrain.models.chat_format). "": the student's own. The vocabularies must match.
+    chat_template_from: str = ""
 
 
 @dataclass

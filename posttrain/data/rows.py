@@ -77,8 +77,8 @@ def prompt_messages(prompt: Any, source, where: str) -> list[dict]:
                             f"{[m['role'] for m in messages]})")
         return messages
     if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError(f"{where}: missing or empty '{name}' (format '{source.format}': a string, or a list of "
-                        f"{{role, content}} messages), got {prompt!r:.80}")
+        raise DataError(f"{where}: missing or empty '{name}' (format '{source.format}'); expected a string or a list "
+                        f"of {{role, content}} messages, got {prompt!r:.80}")
     return [{"role": "user", "content": prompt}]
 
 

@@ -34,7 +34,7 @@ def require_model(path: str, field: str, hint: str = "") -> None:
     raise ModelError(hint or f"{field}: {path} does not exist (expected a local directory or a hub id org/name)")
 
 
-def check_model_dir(path: str, field: str, trust_remote_code: bool = False, hint: str = ""):
+def check_model_dir(path: str, field: str, trust_remote_code: bool = False, hint: str = "", need_template: bool = True):
     """The model's tokenizer, after checking that a local directory holds config.json, weights, a
     tokenizer with a chat template, and an embedding that covers the tokenizer's vocabulary.
 
@@ -52,10 +52,10 @@ def check_model_dir(path: str, field: str, trust_remote_code: bool = False, hint
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{field}: {path}: transformers cannot load its tokenizer or config ({first})") from None
-    if not tokenizer.chat_template:
+    if need_template and not tokenizer.chat_template:
         raise ModelError(f"{field}: the tokenizer of {path} has no chat template (tokenizer_config.json 'chat_template' "
                          "or chat_template.jinja); every example is formatted with it, so add one (a base model needs "
-                         "the template of its instruct sibling)")
+                         "the template of its instruct sibling: model.chat_template_from names the model to take it from)")
     vocab_size = getattr(config.get_text_config(), "vocab_size", None)
     if vocab_size is not None and len(tokenizer) > vocab_size:
         raise ModelError(f"{field}: the tokenizer of {path} has {len(tokenizer)} tokens, more than the model's embedding "

@@ -16,6 +16,7 @@ import yaml
 from posttrain.config import ClusterConfig, ModelConfig, RayConfig, TrainerConfig, to_dict
 from posttrain.infra import checkpoint
 from posttrain.infra.cluster import check_nodes, init_ray
+from posttrain.models.chat_format import adopt_chat_format
 from posttrain.models.locate import check_model_dir
 from posttrain.models.tiny import ensure_model
 
@@ -163,9 +164,14 @@ class NonFinite:
 
 
 def load_tokenizer(model: ModelConfig):
-    """The model's tokenizer (building the tiny suite first where the config points into it)."""
+    """The model's tokenizer (building the tiny suite first where the config points into it), in the chat format
+    of `model.chat_template_from` where that is set (the SFT stage trains and exports in it)."""
     ensure_model(model.path, model.build_tiny_if_missing, model.tiny_seed)
-    return check_model_dir(model.path, "model.path", model.trust_remote_code)
+    tokenizer = check_model_dir(model.path, "model.path", model.trust_remote_code,
+                                need_template=not model.chat_template_from)
+    if model.chat_template_from:
+        tokenizer = adopt_chat_format(tokenizer, model.chat_template_from, model.trust_remote_code)
+    return tokenizer
 
 
 def start_ray(ray: RayConfig, cluster: ClusterConfig, address: str | None) -> None:

@@ -23,6 +23,7 @@ from posttrain.losses import Loss
 from posttrain.losses.chunked import (LossTotals, chunked_loss, decoder_and_head, fused_nll_kernel, head_grad_in_place,
                                      sparse_tied_embedding_grad)
 from posttrain.losses.router import expert_counts, load_balancing_loss
+from posttrain.models.chat_format import donor_generation_config, export_tokenizer
 from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import deepspeed_config, init_distributed, make_optimizer, make_schedule, sparse_moe_block_classes
 from posttrain.train.lora import apply_lora, merged_state_dict
@@ -249,9 +250,8 @@ class TrainerWorker:
         return merged_state_dict(self.engine.module, state, zero3=self.engine.zero_optimization_partition_weights())
 
     def export_hf(self, output_dir: str) -> str | None:
-        """Save an HF checkpoint (safetensors, config, generation config, tokenizer) from rank 0."""
-        from transformers import AutoTokenizer
-
+        """Save an HF checkpoint (safetensors, config, generation config, tokenizer) from rank 0, in the chat format
+        of `model.chat_template_from` where that is set (its template, special tokens and generation config)."""
         adapter_only = self.lora_cfg is not None and self.lora_cfg.export == "adapter"
         state = self.module_state_dict() if adapter_only else self.full_state_dict()
         if self.rank != 0:
@@ -261,8 +261,11 @@ class TrainerWorker:
                 self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             else:  # plain weights under the base names (merged with LoRA): what transformers and vLLM load
                 model = self.engine.module.get_base_model() if self.lora_cfg is not None else self.engine.module
+                donor = donor_generation_config(self.model_cfg.chat_template_from) if self.model_cfg.chat_template_from else None
+                if donor is not None:
+                    model.generation_config = donor
                 model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(tmp)
+            export_tokenizer(self.model_cfg).save_pretrained(tmp)
         return output_dir
 
     def send_weights(self, receivers: list, nodes: list[str], bucket_mb: float, transfer: str = "shm",

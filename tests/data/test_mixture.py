@@ -73,7 +73,7 @@ def test_a_prompt_of_chat_messages_in_a_nested_field_is_a_conversation(tmp_path)
     ([{"role": "system", "content": "x"}], r"d\.jsonl:1: 'prompt' holds chat messages but no user turn"),
     ([{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}],
      r"d\.jsonl:1: message 0: content parts of type \['input_image'\]; only text parts"),
-    (None, r"d\.jsonl:1: missing or empty 'prompt' \(format 'prompt': a string, or a list of \{role, content\} messages\)"),
+    (None, r"d\.jsonl:1: missing or empty 'prompt' \(format 'prompt'\); expected a string or a list of \{role, content\}"),
 ])
 def test_a_prompt_that_is_no_conversation_is_refused_saying_what_was_expected(tmp_path, prompt, message):
     spec = write_mixture(tmp_path, [{"prompt": prompt}], fmt="prompt")

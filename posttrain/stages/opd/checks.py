@@ -104,7 +104,12 @@ def check_budgets(cfg: OPDConfig) -> None:
 
 
 def check_student(cfg: OPDConfig) -> None:
-    """The student must exist; the default is the SFT stage's export, so say how to make it."""
+    """The student must exist; the default is the SFT stage's export, so say how to make it. Its chat format is
+    its own files' (the one its rollouts are sampled in), never one taken from elsewhere at OPD time."""
+    if cfg.model.chat_template_from:
+        raise ConfigError(f"'model.chat_template_from' ({cfg.model.chat_template_from}) is the SFT stage's: OPD samples "
+                          "the student in the format of its own files, so train it in the teacher's format first "
+                          "(posttrain sft ... model.chat_template_from=TEACHER) and distil its export")
     path = Path(cfg.model.path)
     if path.name in MODEL_NAMES and cfg.model.build_tiny_if_missing:
         return  # the tiny suite is built on demand
