@@ -60,7 +60,7 @@ def recommendation(summary: dict, gap: dict) -> str:
             + ", ".join(f"{summary['labels'].get(k, k)} {v:+.0%}" for k, v in mean.items())
             + f". Measured best: {summary['labels'].get(best, best)} (`{' '.join(arms_overrides(summary, best))}`, "
             "with the teacher's top-k returned: loss.topk = 20)"
-            + ("; it is the recommended mode, the default of `OPDConfig` and the shipped configs" if best == summary["recommended"]
+            + ("; it is the recommended mode, the default of `OPDConfig` and the tiny config, and `configs/marco_mini/opd_forward_kl.yaml` (the card's own `configs/marco_mini/opd.yaml` keeps the card's `sampled`)" if best == summary["recommended"]
                else f"; **not** the recommended mode ({summary['labels'].get(summary['recommended'])}): "
                     "benchmarks/distill_arms.py's RECOMMENDED and the configs' default should follow this run")
             + (". The card's `loss.mode=sampled` is the worst of them." if min(mean, key=mean.get) == "opd_sampled" else "."))
