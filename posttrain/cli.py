@@ -137,6 +137,10 @@ def cmd_demo(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.limit < 1 or args.max_new_tokens < 1:
+        bad = "--limit" if args.limit < 1 else "--max-new-tokens"
+        raise ConfigError(f"{bad} must be a whole number >= 1, got {args.limit if bad == '--limit' else args.max_new_tokens}"
+                          + (" (the eval-split examples per task)" if bad == "--limit" else ""))
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for task in tasks:
         if task not in TASKS:
@@ -164,12 +168,13 @@ def cmd_submit(args) -> int:
                   pip=args.pip, wait=not args.no_wait)
 
 
-def cmd_plan(args) -> None:
+def cmd_plan(args) -> int:
     levers = {"zero_stage": args.zero_stage, "activation_checkpointing": args.activation_checkpointing,
               "offload_optimizer": args.offload_optimizer, "offload_params": args.offload_params,
               "lora_rank": args.lora_rank, "colocated": args.colocate}
-    plan_command(args.config, args.gpus, args.gpu, args.overrides, gpu_memory_gb=args.gpu_memory_gb, json_path=args.json,
-                 levers={k: v for k, v in levers.items() if v is not None})
+    result = plan_command(args.config, args.gpus, args.gpu, args.overrides, gpu_memory_gb=args.gpu_memory_gb,
+                          json_path=args.json, levers={k: v for k, v in levers.items() if v is not None})
+    return 0 if all(g["fits"] for g in result["groups"]) else 1  # a plan that does not fit fails a script's check
 
 
 COMMANDS = {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval, "report": cmd_report,

@@ -390,10 +390,7 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else "")) from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = strict_yaml(text, path, ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -405,6 +402,31 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if base_path in _seen or base_path == path.resolve():
         raise ConfigError(f"{path}: 'base: {base}' leads back to itself")
     return _merge(read_config_yaml(base_path, (*_seen, path.resolve())), raw)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice: line {seen[key] + 1} and line {key_node.start_mark.line + 1}",
+                    key_node.start_mark)
+            seen.setdefault(key, key_node.start_mark.line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def strict_yaml(text: str, path, error: type[Exception]):
+    """`text` (from `path`) parsed as YAML, with a duplicate key or a syntax error raised as `error` naming the lines."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader) or {}
+    except yaml.constructor.ConstructorError as e:
+        raise error(f"{path}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:

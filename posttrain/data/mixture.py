@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
+from posttrain.config import strict_yaml
 from posttrain.data.rows import DataError, normalise_row
 
 FORMATS = ("messages", "prompt_completion", "prompt")
@@ -78,10 +77,7 @@ def load_mixture_spec(path: str | Path) -> MixtureSpec:
     path = Path(path)
     if not path.exists():
         raise DataError(f"data mixture file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML: {e}") from None
+    raw = strict_yaml(path.read_text(encoding="utf-8"), path, DataError)
     if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list) or not raw["sources"]:
         raise DataError(f"{path}: expected a mapping with a non-empty 'sources' list")
     unknown = set(raw) - {"name", "seed", "sources"}

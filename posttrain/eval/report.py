@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.data.rows import DataError
+
 TIME_KEYS = ("rollout_s", "teacher_s", "train_s", "sync_s", "eval_s")
 
 
@@ -17,13 +19,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (expected the metrics of a posttrain sft/opd run)")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if lineno == len(lines):  # the line a run killed mid-write leaves: the steps before it are whole
+                print(f"[report] {path}:{lineno}: the last line is cut short (a run stopped while writing it); "
+                      f"reading the {len(rows)} whole steps before it", flush=True)
+                break
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); only the last line may be cut short") from None
     if not rows:
         raise FileNotFoundError(f"{path} holds no steps yet")
     return rows

@@ -296,23 +296,41 @@ def plan(cfg, gpus: int, gpu: GPU, levers: dict | None = None) -> dict:
 
 
 def _split(cfg, gpus: int, colocated: bool, opd: bool) -> dict[str, int]:
-    """GPUs per group: the config's, scaled to `gpus` keeping its proportions (colocated: all of them each)."""
+    """GPUs per group: the config's, scaled to `gpus` keeping its proportions and adding up to it exactly
+    (colocated: all of them each); an inference group smaller than one engine's tensor parallel size is refused."""
     trainer_gpus = cfg.trainer.num_workers * max(1, cfg.trainer.gpus_per_worker)
     rollout_gpus = teacher_gpus = 0
     if opd:
         rollout_gpus = cfg.rollout.num_workers * max(1, cfg.rollout.gpus_per_worker)
         teacher_gpus = cfg.teacher.num_workers * max(1, cfg.teacher.gpus_per_worker)
+    split = {"trainer": trainer_gpus, "rollout": rollout_gpus, "teacher": teacher_gpus}
     if colocated:  # every group spans the whole allocation
-        trainer_gpus = rollout_gpus = teacher_gpus = gpus
-        if not opd:
-            rollout_gpus = teacher_gpus = 0
-    elif trainer_gpus + rollout_gpus + teacher_gpus != gpus:
-        scale = gpus / (trainer_gpus + rollout_gpus + teacher_gpus)
-        trainer_gpus = max(1, round(trainer_gpus * scale))
-        if opd:
-            rollout_gpus = max(1, round(rollout_gpus * scale))
-            teacher_gpus = max(1, gpus - trainer_gpus - rollout_gpus)
-    return {"trainer": trainer_gpus, "rollout": rollout_gpus, "teacher": teacher_gpus}
+        return {"trainer": gpus, "rollout": gpus if opd else 0, "teacher": gpus if opd else 0}
+    if not opd:
+        return {"trainer": gpus, "rollout": 0, "teacher": 0}
+    if sum(split.values()) != gpus:
+        if gpus < 3:
+            raise ConfigError(f"--gpus {gpus}: OPD's three groups (trainer, rollout, teacher) need a GPU each, so at least 3 "
+                              "(or --colocate: all three on the same GPUs)")
+        split = _share(split, gpus)
+    for name in ("rollout", "teacher"):
+        tp = getattr(cfg, name).gpus_per_worker
+        if tp > 1 and split[name] < tp:
+            raise ConfigError(f"--gpus {gpus}: the {name} group gets {split[name]} GPU(s), fewer than one engine's tensor "
+                              f"parallel size ({name}.gpus_per_worker = {tp}); give more GPUs or a smaller "
+                              f"{name}.gpus_per_worker")
+    return split
+
+
+def _share(wanted: dict[str, int], gpus: int) -> dict[str, int]:
+    """`gpus` split in the config's proportions, each group at least 1, adding up exactly (largest remainder)."""
+    total = sum(wanted.values())
+    spare = gpus - len(wanted)
+    exact = {k: spare * v / total for k, v in wanted.items()}
+    share = {k: 1 + int(x) for k, x in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - int(exact[k]), reverse=True)[:gpus - sum(share.values())]:
+        share[k] += 1
+    return share
 
 
 def _sync_time(cfg, student: Shape, split: dict, zero_stage: int, colocated: bool) -> tuple[float, str]:
@@ -547,9 +565,9 @@ def plan_command(config: str, gpus: int | None, gpu: str, overrides: list[str], 
     if gpu_memory_gb:
         kind = GPU(f"{kind.name} ({gpu_memory_gb:g} GiB)", gpu_memory_gb, kind.peak_bf16_flops, kind.hbm_bytes_per_s,
                    "given: --gpu-memory-gb")
-    gpus = gpus or cfg.ray.num_gpus_total or cfg.trainer.num_workers * max(1, cfg.trainer.gpus_per_worker)
-    if gpus < 1:
+    if gpus is not None and gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {gpus}")
+    gpus = gpus or cfg.ray.num_gpus_total or cfg.trainer.num_workers * max(1, cfg.trainer.gpus_per_worker)
     result = plan(cfg, gpus, kind, levers)
     print(format_plan(result))
     if json_path:

@@ -55,6 +55,8 @@ def parse_teachers(flags: list[str], configured: list[TeacherStage]) -> list[Tea
     stages = []
     for i, flag in enumerate(flags):
         head, colon, tail = flag.rpartition(":")
+        if colon and tail.lstrip("-").isdigit() and int(tail) <= 0:
+            raise ConfigError(f"--teacher {flag}: the step count must be > 0, got {int(tail)}")
         if colon and not tail.isdigit() and not Path(flag).exists():  # not a step count, and no path of that name
             raise ConfigError(f"--teacher {flag}: the step count {tail!r} is not a whole number; give PATH_OR_ID or "
                               "PATH_OR_ID:STEPS, e.g. --teacher models/tiny/teacher-moe:30")

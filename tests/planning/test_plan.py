@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from posttrain.cli import main
-from posttrain.config import OPDConfig, SFTConfig, load_config
+from posttrain.config import ConfigError, OPDConfig, SFTConfig, load_config
 from posttrain.planning.plan import GPUS, GiB, GPU, plan
 
 SFT, OPD = "configs/marco_mini/sft.yaml", "configs/marco_mini/opd.yaml"
@@ -68,7 +68,7 @@ def test_what_the_opd_config_needs_to_fit(capsys):
     """Without its levers the card's split does not fit: the 80B teacher's bf16 weights exceed one GPU, and
     the trainer's 16,384-token micro-batches leave no headroom without activation checkpointing."""
     assert main(["plan", "--config", OPD, "--gpus", "64", "--gpu", "h100", "teacher.gpus_per_worker=1",
-                 "teacher.num_workers=16"]) == 0
+                 "teacher.num_workers=16"]) == 1  # does not fit: a script's check fails
     out = capsys.readouterr().out
     assert "teacher 2 needs 156.3 GiB of 68.0 (short by 88.3 GiB)" in out and "tensor parallel >= 4" in out
     unchecked = plan(load_config(OPDConfig, OPD), 64, GPUS["h100"], {"activation_checkpointing": False})
@@ -97,7 +97,7 @@ def test_zero3_shards_and_scales_with_the_gpu_count():
 
 
 def test_a_tiny_gpu_reports_does_not_fit_with_the_shortfall(capsys):
-    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu-memory-gb", "16"]) == 0
+    assert main(["plan", "--config", SFT, "--gpus", "64", "--gpu-memory-gb", "16"]) == 1  # does not fit: exit 1
     out = capsys.readouterr().out
     p = plan(load_config(SFTConfig, SFT), 64, GPU("small", 16, 989e12, 3.35e12, "test"))
     short = _trainer(p)["short"] / GiB
@@ -160,3 +160,22 @@ def test_the_weight_sync_time_is_the_transport_the_code_runs():
     nccl = plan(load_config(OPDConfig, OPD, ["rollout.weight_transfer=nccl"]), 64, GPUS["h100"])
     sync = next(ph for ph in nccl["time"]["phases"] if ph["phase"] == "weight sync")
     assert sync["s"] == pytest.approx(nbytes * (1 / c["sync_gather_bytes_per_s"] + 1 / c["sync_nccl_bytes_per_s"]), rel=0.01)
+
+
+@pytest.mark.parametrize("gpus, split", [(3, None), (5, None), (24, (12, 6, 6)), (7, (4, 2, 1)), (64, (32, 16, 16))])
+def test_the_groups_add_up_to_the_gpus_and_a_group_smaller_than_its_tensor_parallel_is_refused(gpus, split):
+    cfg = load_config(OPDConfig, OPD, [] if gpus in (3, 5, 24, 64) else ["teacher.gpus_per_worker=1"])
+    if split is None:  # the teacher group would get fewer GPUs than one tensor-parallel-4 engine
+        with pytest.raises(ConfigError, match=rf"--gpus {gpus}: the teacher group gets 1 GPU\(s\), fewer than one "
+                                              r"engine's tensor parallel size \(teacher\.gpus_per_worker = 4\)"):
+            plan(cfg, gpus, GPUS["h100"])
+        return
+    got = plan(cfg, gpus, GPUS["h100"])["config"]["split"]
+    assert (got["trainer"], got["rollout"], got["teacher"]) == split and sum(got.values()) == gpus
+
+
+def test_zero_gpus_and_too_few_for_three_groups_are_refused(capsys):
+    assert main(["plan", "--config", OPD, "--gpus", "0"]) == 2
+    assert "--gpus must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["plan", "--config", OPD, "--gpus", "2", "teacher.gpus_per_worker=1"]) == 2
+    assert "OPD's three groups (trainer, rollout, teacher) need a GPU each" in capsys.readouterr().err

@@ -144,16 +144,29 @@ def check_cascade(cfg: OPDConfig, student_tokenizer) -> None:
         ensure_model(stage.path, cfg.model.build_tiny_if_missing, cfg.model.tiny_seed)
         tokenizer = check_model_dir(stage.path, f"teachers[{i}]", remote)
         config = AutoConfig.from_pretrained(stage.path, trust_remote_code=remote)
-        if tokenizer.get_vocab() != student_vocab or config.vocab_size < len(student_tokenizer):
+        teacher_vocab = tokenizer.get_vocab()
+        if teacher_vocab != student_vocab or config.vocab_size < len(student_tokenizer):
             raise VocabularyMismatch(
                 f"teacher {stage.path} has a vocabulary of {len(tokenizer)} tokens (embedding {config.vocab_size}), "
-                f"the student {cfg.model.path} has {len(student_tokenizer)} tokens (embedding {student_config.vocab_size}); "
-                "the teacher scores the student's own token ids, so both must use the same tokenizer"
+                f"the student {cfg.model.path} has {len(student_tokenizer)} tokens (embedding {student_config.vocab_size})"
+                f"{vocabulary_difference(teacher_vocab, student_vocab)}; the teacher scores the student's own token ids, "
+                "so both must use the same tokenizer"
             )
         where = f"teacher {stage.path} (teachers[{i}]) and the student {cfg.model.path}"
         check_special_tokens(where, special_token_ids(tokenizer), special_token_ids(student_tokenizer))
         check_end_of_turn(where, tokenizer, model_end_of_turn_ids(stage.path, tokenizer, remote), student_ends)
         check_chat_template(where, tokenizer, student_tokenizer)
+
+
+def vocabulary_difference(teacher: dict[str, int], student: dict[str, int]) -> str:
+    """What differs between two vocabularies, for the refusal: tokens one lacks, or the same token under two ids."""
+    only = sorted(set(teacher) ^ set(student), key=lambda t: teacher.get(t, student.get(t)))
+    if only:
+        where = lambda t: "teacher only" if t in teacher else "student only"  # noqa: E731
+        return ": " + ", ".join(f"{t!r} ({where(t)})" for t in only[:3]) + (f" and {len(only) - 3} more" if len(only) > 3 else "")
+    moved = sorted((t for t in teacher if teacher[t] != student[t]), key=teacher.get)
+    shown = ", ".join(f"{t!r} is {teacher[t]} in the teacher, {student[t]} in the student" for t in moved[:3])
+    return f": the same tokens under other ids ({len(moved)} differ: {shown})"
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
