@@ -118,7 +118,8 @@ def run_stage(stage: str, run, args) -> int:
     cfg = stage_config(stage, args)
     try:
         with ray_left_on_exit():  # before the last line below, so nothing Ray prints follows it
-            run(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address)
+            run(cfg, resume=args.resume, overwrite=args.overwrite, ray_address=args.ray_address,
+                accept=tuple(args.accept_change))
     except Interrupted as e:
         print(f"posttrain {stage}: {e}. Continue with:\n  {resume_command(stage, args, cfg.output_dir)}", file=sys.stderr)
         return e.exit_status

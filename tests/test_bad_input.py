@@ -21,7 +21,7 @@ import pytest
 
 from posttrain.config import ConfigError, ModelConfig, OPDConfig, SFTConfig, load_config
 from posttrain.data.mixture import DataError
-from tests.helpers import (FAULT_RUN, GOOD, ROOT, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, records, run_cli,
+from tests.helpers import (FAULT_RUN, GOOD, ROOT, TINY_OPD, TINY_SFT, hold_a_run, prompt_ids, records, run_cli, small_sft_mixture,
                            same_weights, signal_when, write_mixture, rows as read_all)
 
 
@@ -319,3 +319,202 @@ def test_opd_stops_cleanly_on_sigint_and_sigterm_and_resumes_exactly(tiny_models
     assert same_weights(undisturbed, out)
     assert prompt_ids(out) == prompt_ids(undisturbed)
     assert [r["reverse_kl"] for r in records(out)] == [r["reverse_kl"] for r in records(undisturbed)]
+
+
+# --------------------------------------------------------------------------------------------------
+# A run is one thing: the resume contract, one writer per directory, corrupt weights, data that cannot load
+# --------------------------------------------------------------------------------------------------
+
+
+def test_resume_refuses_what_would_change_the_run_and_takes_what_may_change(tiny_models, ray_local, tmp_path, capsys):
+    """Rows: --resume with another lr, another mixture, a data file edited in place: exit 2 naming each key with its
+    recorded and new value, nothing written. Allowed changes (max_steps to extend, checkpoint cadence) run and are
+    recorded with the step they apply from; --accept-change takes a refused one on purpose, recorded the same way."""
+    out, data = tmp_path / "run", tmp_path / "data"
+    small = small_sft_mixture(data)
+
+    def sft(*extra):
+        return cli(capsys, "sft", "--config", TINY_SFT, "--output-dir", str(out), f"model.path={tiny_models['student']}",
+                   "logging.progress_bar=false", "logging.tensorboard=false", f"data.mixture={small}",
+                   "trainer.max_steps=2", *extra)
+
+    assert sft()[0] == 0
+    config_before, metrics_before = (out / "config.yaml").read_text(), (out / "metrics.jsonl").read_text()
+    (tmp_path / "other").mkdir()
+    other = write_mixture(tmp_path / "other", [GOOD] * 8)
+    refused = {
+        "another lr": (sft("--resume", "optim.lr=0.01"), r"optim\.lr: 0\.003 -> 0\.01"),
+        "another mixture": (sft("--resume", f"data.mixture={other}"), rf"data\.mixture: \".*sft_small\.yaml\" -> \"{other}\""),
+    }
+    (data / "sft_small.jsonl").write_text((data / "sft_small.jsonl").read_text().replace("a", "b", 1))
+    refused["a data file edited"] = (sft("--resume"), r"data file .*sft_small\.jsonl: \"[0-9a-f]+\" -> \"[0-9a-f]+\"")
+    for case, ((status, text), message) in refused.items():
+        assert status == 2 and re.search(message, text), (case, text)
+        assert "--resume would change what the run in" in text and "--accept-change KEY" in text, case
+        assert (out / "config.yaml").read_text() == config_before, case  # the record stays true
+        assert (out / "metrics.jsonl").read_text() == metrics_before, case
+    (data / "sft_small.jsonl").write_text((data / "sft_small.jsonl").read_text().replace("b", "a", 1))
+
+    status, text = sft("--resume", "trainer.max_steps=3", "checkpoint.every=1")  # may change: extend, checkpoint cadence
+    assert status == 0 and "resume changes trainer.max_steps: 2 -> 3 from step 3" in text, text
+    assert [r["step"] for r in records(out)] == [1, 2, 3] and "max_steps: 3" in (out / "config.yaml").read_text()
+    status, text = sft("--resume", "trainer.max_steps=4", "checkpoint.every=1", "optim.lr=0.0005", "--accept-change",
+                       "optim.lr")
+    assert status == 0 and "optim.lr: 0.003 -> 0.0005 from step 4 (accepted)" in text, text
+    changes = [json.loads(line) for line in (out / "config_changes.jsonl").read_text().splitlines()]
+    assert [(c["key"], c["from_step"], c["accepted"]) for c in changes] == [
+        ("trainer.max_steps", 3, False), ("checkpoint.every", 3, False), ("optim.lr", 4, True),
+        ("trainer.max_steps", 4, False)]
+    assert [r["step"] for r in records(out)] == [1, 2, 3, 4] and not (out / ".posttrain.lock").exists()
+
+
+def test_opd_resume_with_another_cascade_or_loss_is_refused(tiny_models, tmp_path, capsys):
+    from posttrain.stages.contract import check_resume
+
+    out = hold_a_run(tmp_path / "opd")
+    args = ["opd", "--config", TINY_OPD, "--output-dir", str(out), "--student", str(tiny_models["student"]),
+            "--teacher", f"{tiny_models['teacher-moe']}:2", "logging.progress_bar=false"]
+    from posttrain.cli import build_parser
+    from posttrain.stages.args import stage_config
+
+    check_resume(out, stage_config("opd", build_parser().parse_args(args), pick_free_dir=False), resume=False, from_step=1)
+    status, text = cli(capsys, *args[:-3], "--teacher", f"{tiny_models['teacher-next']}:3", "loss.mode=sampled",
+                       "logging.progress_bar=false", "--resume")
+    assert status == 2, text
+    assert re.search(r"teachers: .*teacher-moe.*\"steps\": 2.* -> .*teacher-next.*\"steps\": 3", text), text
+    assert 'loss.mode: "topk_jsd" -> "sampled"' in text and not (out / "metrics.jsonl").exists()
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_holder(tiny_models, tmp_path, capsys):
+    import socket
+    import subprocess
+
+    import psutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".posttrain.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                         "started": psutil.Process(holder.pid).create_time(),
+                                                         "command": "posttrain sft --config"}))
+        status, text = cli(capsys, "sft", "--config", TINY_SFT, "--output-dir", str(out),
+                           f"model.path={tiny_models['student']}", "trainer.max_steps=1")
+        assert status == 2 and f"{out} is in use by another run: pid {holder.pid} on {socket.gethostname()}" in text, text
+        assert "[sft] data:" not in text and sorted(p.name for p in out.iterdir()) == [".posttrain.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone (a crash: nothing released the lock): the next run takes it over, says so, and releases it.
+    from posttrain.infra import run_lock
+
+    run_lock.acquire(out)  # as this process, which then "dies" without releasing it: forge a dead holder
+    lock = json.loads((out / ".posttrain.lock").read_text())
+    (out / ".posttrain.lock").write_text(json.dumps({**lock, "pid": holder.pid}))
+    from posttrain.stages.driver import prepare_output_dir
+
+    prepare_output_dir(out, resume=False, overwrite=False)
+    assert f"the run that held it (pid {holder.pid}) is gone; taking it over" in capsys.readouterr().out
+    run_lock.release(out / ".posttrain.lock")
+    assert not (out / ".posttrain.lock").exists()
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_corrupt_weights_file_is_named_before_any_work(tiny_models, tmp_path, capsys, who, damage):
+    broken = tmp_path / who
+    shutil.copytree(tiny_models["student" if who == "student" else "teacher-moe"], broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    out = tmp_path / "run"
+    if who == "student":
+        argv = ["sft", "--config", TINY_SFT, "--output-dir", str(out), f"model.path={broken}"]
+    else:
+        argv = ["opd", "--config", TINY_OPD, "--output-dir", str(out), "--student", str(tiny_models["student"]),
+                "--teacher", f"{broken}:2"]
+    status, text = cli(capsys, *argv)
+    field = "model.path" if who == "student" else r"teachers\[0\]"
+    assert status == 2 and re.search(rf"{field}: {weights}: .*(too short|cut short)", text), text
+    assert "[sft] data:" not in text and "[opd] prompts:" not in text  # before the data, a model or Ray
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+def test_data_that_cannot_load_exits_2_naming_the_source(tiny_models, tmp_path, capsys, monkeypatch):
+    """Rows: a hub source with no hub access (every marco_mini mixture offline), a corrupt parquet, a key given twice
+    in a mixture: exit 2 naming the source and what to do, before Ray or a worker; and a prompt given as chat
+    messages (DAPO-Math-17k's layout) is a conversation, not an error."""
+    monkeypatch.delenv("POSTTRAIN_HUB_MIRROR", raising=False)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    cases = {
+        "hub offline": ("  - {name: hubbed, hub: org/not-mirrored, format: messages, weight: 1}\n",
+                        r"hub:org/not-mirrored\[train\]: source 'hubbed': cannot load .*POSTTRAIN_HUB_MIRROR/org/not-mirrored"),
+        "corrupt parquet": ("  - {name: broken, path: bad.parquet, format: messages, weight: 1}\n",
+                            r"bad\.parquet: source 'broken': cannot read it as parquet"),
+        "duplicate key": ("  - name: twice\n    path: bad.parquet\n    format: messages\n    weight: 1\n    weight: 2\n",
+                          r"mix\.yaml: key 'weight' is given twice: line 6 and line 7"),
+    }
+    for case, (source, message) in cases.items():
+        (tmp_path / "mix.yaml").write_text(f"name: m\nsources:\n{source}")
+        out = tmp_path / case.replace(" ", "_")
+        status, text = cli(capsys, "sft", "--config", TINY_SFT, "--output-dir", str(out), f"data.mixture={tmp_path / 'mix.yaml'}",
+                           f"model.path={tiny_models['student']}")
+        assert status == 2 and re.search(message, text), (case, text)
+        assert "Traceback" not in text and not (out / "metrics.jsonl").exists(), case
+    spec = write_mixture(tmp_path, [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5"}], fmt="prompt")
+    assert read_all(spec)[0]["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+def test_small_command_line_mistakes_exit_2_with_what_is_wrong(tmp_path, capsys):
+    """Rows: eval --limit -5 / 0; --teacher P:-3; a config key given twice; a killed run's cut-short metrics line."""
+    for limit in ("-5", "0"):
+        status, text = cli(capsys, "eval", "--model", "none", "--limit", limit)
+        assert status == 2 and f"--limit must be a whole number >= 1, got {limit}" in text, text
+    status, text = cli(capsys, "opd", "--config", TINY_OPD, "--teacher", "models/tiny/teacher-moe:-3")
+    assert status == 2 and "--teacher models/tiny/teacher-moe:-3: the step count must be > 0, got -3" in text, text
+    (tmp_path / "c.yaml").write_text("model:\n  path: m\ndata:\n  mixture: x.yaml\noptim:\n  lr: 1.0e-3\n  lr: 1.0e-2\n")
+    status, text = cli(capsys, "sft", "--config", str(tmp_path / "c.yaml"))
+    assert status == 2 and "c.yaml: key 'lr' is given twice: line 6 and line 7" in text, text
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" + json.dumps({"step": 2, "loss": 1.5})
+                                       + "\n" + '{"step": 3, "lo')
+    status, text = cli(capsys, "report", str(run))
+    assert status == 0 and "the last line is cut short (a run stopped while writing it); reading the 2 whole steps" in text
+
+
+def test_a_teacher_with_the_same_tokens_under_other_ids_is_refused_saying_which(tiny_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    from posttrain.stages.opd.checks import vocabulary_difference
+
+    vocab = AutoTokenizer.from_pretrained(tiny_models["student"]).get_vocab()
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    swapped = {**vocab, a: vocab[b], b: vocab[a]}
+    said = vocabulary_difference(swapped, vocab)
+    assert said.startswith(": the same tokens under other ids (2 differ:") and f"{a!r} is {vocab[b]} in the teacher" in said
+
+
+def test_two_stop_signals_that_python_would_run_as_one_handler_still_stop_at_once():
+    """Row: two Ctrl-C 0.3 s apart while the driver is in C code (Ray's ray.get; here a long pbkdf2, which checks no
+    signal) reach Python as one handler call; the wakeup fd's byte per delivery counts two: stopped at once."""
+    import hashlib
+    import threading
+
+    from posttrain.infra.stopping import StopNow, StopSignals
+
+    started = time.perf_counter()
+    hashlib.pbkdf2_hmac("sha256", b"x", b"y", 50_000)
+    rounds = int(50_000 * 2.0 / (time.perf_counter() - started))  # ~2 s of C
+    with StopSignals("test") as stop:
+        def two_ctrl_c():
+            time.sleep(0.4)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=two_ctrl_c).start()
+        with pytest.raises(StopNow):
+            hashlib.pbkdf2_hmac("sha256", b"x", b"y", rounds)
+            time.sleep(1.0)  # (a handler that took them as one would return here, and the step would go on)
+        assert stop.signum == signal.SIGINT

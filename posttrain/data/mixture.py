@@ -229,6 +229,10 @@ def _load_raw_dataset(source: Source):
     if source.path is not None:
         kind = "parquet" if source.path.suffix == ".parquet" else "json"
         try:
+            if kind == "parquet":  # its footer read first: a damaged file is named here, not in datasets' logs
+                import pyarrow.parquet as pq
+
+                pq.read_schema(source.path)
             return datasets.load_dataset(kind, data_files=str(source.path), split="train")
         except Exception as e:  # noqa: BLE001 — pyarrow and datasets raise many kinds for an unreadable file
             raise DataError(f"{source.path}: source '{source.name}': cannot read it as {kind} ({_first_line(e)})") from None

@@ -11,6 +11,7 @@ aborts the process with stack dumps.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -47,13 +48,36 @@ class StopSignals(Closing):
     def __init__(self, stage: str):
         self.stage, self.signum = stage, 0
         self.previous: dict[int, object] = {}
+        self.pipe: tuple[int, int] | None = None
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may handle signals (a stage called from a thread keeps the defaults)
         for sig in SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
+        # Python runs a handler once however many times its signal came while the main thread was in C code (Ray's
+        # ray.get): two Ctrl-C 0.3 s apart were one. The wakeup fd receives a byte per delivery, so it counts them.
+        self.pipe = os.pipe()
+        for fd in self.pipe:
+            os.set_blocking(fd, False)
+        self.previous_wakeup = signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
+
+    def _deliveries(self) -> int:
+        """Stop signals delivered since the last look (bytes the C-level handler wrote, one per delivery)."""
+        if self.pipe is None:
+            return 1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(self.pipe[0], 512)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        return max(1, sum(1 for b in seen if b in SIGNALS))
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signum:
+        if self.signum or self._deliveries() > 1:
+            self.signum = self.signum or signum
             raise StopNow(signum)
         self.signum = signum
         print(f"\n[{self.stage}] {signal.Signals(signum).name}: finishing this step, then a checkpoint and stop "
@@ -70,3 +94,8 @@ class StopSignals(Closing):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+        if self.pipe is not None:
+            signal.set_wakeup_fd(self.previous_wakeup)
+            for fd in self.pipe:
+                os.close(fd)
+            self.pipe = None

@@ -12,6 +12,7 @@ Ray actor, without the path.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # What transformers' from_pretrained reads weights from (one file, or an index of shards).
@@ -78,3 +79,46 @@ def _check_files(path: Path, field: str) -> None:
         raise ModelError(f"{field}: {path} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise ModelError(f"{field}: {path} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    for weights in safetensors_files(path, field):
+        check_safetensors(weights, field)
+
+
+def safetensors_files(path: Path, field: str) -> list[Path]:
+    """The directory's safetensors files: `model.safetensors`, or the shards its index names (each must exist)."""
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return []
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ModelError(f"{field}: {index} is not a safetensors index (a JSON object with a 'weight_map')") from None
+    missing = [name for name in shards if not (path / name).is_file()]
+    if missing:
+        raise ModelError(f"{field}: {index} names shard(s) that are not there: {', '.join(missing[:3])}")
+    return [path / name for name in shards]
+
+
+def check_safetensors(file: Path, field: str) -> None:
+    """A safetensors file whose header reads and whose tensors' byte ranges end exactly at the file's end: what a
+    cut or empty copy fails, found in a millisecond (the header is read, not the weights). The layout is
+    safetensors' own: an 8-byte little-endian header length, the JSON header, then the tensors' bytes."""
+    size = file.stat().st_size
+    where = f"{field}: {file}"
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{where}: {size} bytes, too short for a safetensors file (empty or cut short); copy it again")
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            raise ModelError(f"{where}: the header says {length:,} bytes but the file has {size:,}: it is cut short or "
+                             "not a safetensors file; copy it again")
+        try:
+            header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise ModelError(f"{where}: its header is not a safetensors header (the file is damaged); copy it again") from None
+    if 8 + length + end != size:
+        raise ModelError(f"{where}: the tensors need {8 + length + end:,} bytes but the file has {size:,} (cut short or "
+                         "damaged); copy it again")

@@ -23,6 +23,9 @@ def add_stage_args(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--output-dir", help="where metrics, checkpoints and the final export go (config: output_dir)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a run already in --output-dir and start afresh")
+    p.add_argument("--accept-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: take a change to KEY (a config key or section) that resuming refuses by "
+                        "default; recorded in config_changes.jsonl")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one (also RAY_ADDRESS)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.num_workers=2")
     if stage == "opd":

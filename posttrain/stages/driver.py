@@ -4,6 +4,7 @@ checkpoints, the tokenizer, the non-finite policy, the checkpoint schedule, and 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ import yaml
 
 from posttrain.config import ClusterConfig, ModelConfig, RayConfig, TrainerConfig, to_dict
 from posttrain.infra import checkpoint
+from posttrain.infra import run_lock
 from posttrain.infra.cluster import check_nodes, init_ray
 from posttrain.models.chat_format import adopt_chat_format
 from posttrain.models.locate import check_model_dir
@@ -47,14 +49,30 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise RunDirError(f"--resume: nothing to resume: {out} {what}; check the path, or leave out --resume to start a run")
     if holds_run(out) and not (resume or overwrite):
         raise RunDirError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()  # what a checkpoint write needs, found now rather than after the data work
+        run_lock.acquire(out)  # one writer: taken before anything in the directory is touched
+    except run_lock.LockHeld as e:
+        raise RunDirError(str(e)) from None
     except OSError as e:
         raise RunDirError(f"output directory {out} is not writable ({e.strerror or e}); give --output-dir a directory "
                           "you can write to") from None
+    if overwrite:
+        for child in out.iterdir():  # everything but the lock this run now holds
+            if child.name != run_lock.LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def releases_output_dir(stage):
+    """A stage function whose output directory's lock (taken by `RunDir.prepare`) is released however it ends."""
+    @functools.wraps(stage)
+    def run(cfg, *args, **kwargs):
+        try:
+            return stage(cfg, *args, **kwargs)
+        finally:
+            run_lock.release(Path(cfg.output_dir) / run_lock.LOCK_NAME)
+    return run
 
 
 class RunDir:
@@ -67,14 +85,15 @@ class RunDir:
     def prepare(self, resume: bool, overwrite: bool) -> None:
         prepare_output_dir(self.path, resume, overwrite)
 
-    def finished(self, stage: str) -> bool:
+    def finished(self, stage: str, wanted_steps: int = 0) -> bool:
         """Whether the run here is complete (and then says so): final/ exported after its newest checkpoint,
-        the run's last step (a checkpoint without `total_steps` in its state: final/ alone)."""
+        the run's last step (a checkpoint without `total_steps` in its state: final/ alone), and as many steps as
+        the command asks (`wanted_steps` > 0: a longer run, e.g. trainer.max_steps raised on --resume, goes on)."""
         found = checkpoint.complete_checkpoints(self.checkpoints)
         if not (self.path / "final").is_dir() or not found:
             return False
         state = json.loads((found[-1][1] / checkpoint.STATE_FILE).read_text())
-        if state.get("total_steps", state["step"]) != state["step"]:
+        if state.get("total_steps", state["step"]) != state["step"] or wanted_steps > state["step"]:
             return False
         print(f"[{stage}] run complete: {self.path} finished all {state['step']} steps (model: {self.path / 'final'}); "
               "nothing to resume", flush=True)

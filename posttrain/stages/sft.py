@@ -13,17 +13,23 @@ from posttrain.infra.runlog import RunLog, check_wandb
 from posttrain.infra.stopping import StopSignals
 from posttrain.losses import LOSSES
 from posttrain.models.params import train_flops_per_token
-from posttrain.stages.driver import NonFinite, RunDir, Schedule, load_tokenizer, start_ray
+from posttrain.stages.contract import check_resume
+from posttrain.stages.driver import NonFinite, RunDir, Schedule, load_tokenizer, releases_output_dir, start_ray
 from posttrain.train.group import TrainerGroup
 from posttrain.train.lora import check_lora
 from posttrain.train.results import TrainStep
 
 
-def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None) -> Path:
+@releases_output_dir
+def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None,
+            accept: tuple[str, ...] = ()) -> Path:
     run = RunDir(cfg.output_dir)
-    if resume and run.finished("sft"):  # nothing to do: said before any data, model or Ray work
+    if resume:  # a change --resume refuses is refused first, finished run or not
+        check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accept, record=False)
+    if resume and run.finished("sft", cfg.trainer.max_steps):  # nothing to do: said before any data, model or Ray work
         return run.path / "final"
     run.prepare(resume, overwrite)
+    check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accept)  # what --resume may change
 
     # 1. Everything that can be wrong with the input is found here, before Ray or a model starts.
     tokenizer = load_tokenizer(cfg.model)
