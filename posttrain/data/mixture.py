@@ -240,7 +240,7 @@ def _load_raw_dataset(source: Source):
     try:
         return datasets.load_dataset(location, name=source.subset, split=source.split)
     except Exception as e:  # noqa: BLE001 — offline, unknown id, subset or split: datasets raises many kinds
-        fix = (f"check the copy's layout against the dataset's card" if mirrored else
+        fix = ("check the copy's layout against the dataset's card" if mirrored else
                f"with no hub access, put a local copy of the dataset's repository at $POSTTRAIN_HUB_MIRROR/{source.hub} "
                f"({HUB_MIRROR_ENV}, data_mixtures/README.md)")
         raise DataError(f"{source.where}: source '{source.name}': cannot load {location} ({_first_line(e)}); {fix}") from None

@@ -107,3 +107,17 @@ def check_resume(run_path: Path, cfg, resume: bool, from_step: int, accepted: tu
 def _short(value) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def finished_already(run, cfg, stage: str, resume: bool, wanted_steps: int, accepted: tuple[str, ...] = ()) -> bool:
+    """`--resume` on a run that is complete (said, exit 0 before any work); a change it refuses is refused first."""
+    if not resume:
+        return False
+    check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accepted, record=False)
+    return run.finished(stage, wanted_steps)
+
+
+def prepare_run(run, cfg, resume: bool, overwrite: bool, accepted: tuple[str, ...] = ()) -> None:
+    """The output directory made ready (locked, checked; `RunDir.prepare`) and the run's identity recorded or checked."""
+    run.prepare(resume, overwrite)
+    check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accepted)

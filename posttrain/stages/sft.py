@@ -13,7 +13,7 @@ from posttrain.infra.runlog import RunLog, check_wandb
 from posttrain.infra.stopping import StopSignals
 from posttrain.losses import LOSSES
 from posttrain.models.params import train_flops_per_token
-from posttrain.stages.contract import check_resume
+from posttrain.stages.contract import finished_already, prepare_run
 from posttrain.stages.driver import NonFinite, RunDir, Schedule, load_tokenizer, releases_output_dir, start_ray
 from posttrain.train.group import TrainerGroup
 from posttrain.train.lora import check_lora
@@ -24,12 +24,9 @@ from posttrain.train.results import TrainStep
 def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None,
             accept: tuple[str, ...] = ()) -> Path:
     run = RunDir(cfg.output_dir)
-    if resume:  # a change --resume refuses is refused first, finished run or not
-        check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accept, record=False)
-    if resume and run.finished("sft", cfg.trainer.max_steps):  # nothing to do: said before any data, model or Ray work
+    if finished_already(run, cfg, "sft", resume, cfg.trainer.max_steps, accept):  # said before any data, model or Ray
         return run.path / "final"
-    run.prepare(resume, overwrite)
-    check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accept)  # what --resume may change
+    prepare_run(run, cfg, resume, overwrite, accept)  # locked; what --resume may change checked
 
     # 1. Everything that can be wrong with the input is found here, before Ray or a model starts.
     tokenizer = load_tokenizer(cfg.model)

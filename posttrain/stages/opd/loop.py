@@ -14,7 +14,7 @@ from posttrain.infra import faults
 from posttrain.infra.cluster import WorkerFailure
 from posttrain.infra.runlog import JsonlLog, RunLog
 from posttrain.infra.stopping import StopSignals
-from posttrain.stages.contract import check_resume
+from posttrain.stages.contract import finished_already, prepare_run
 from posttrain.stages.driver import NonFinite, RunDir, Schedule, releases_output_dir, start_ray
 from posttrain.stages.opd.checks import check_opd
 from posttrain.stages.opd.step import opd_step
@@ -58,14 +58,11 @@ def evaluation(workers: OPDWorkers, tokenizer, eval_examples: list, step: int) -
 def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None,
             accept: tuple[str, ...] = ()) -> Path:
     run = RunDir(cfg.output_dir)
-    if resume:  # a change --resume refuses is refused first, finished run or not
-        check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accept, record=False)
-    if resume and run.finished("opd", sum(stage.steps for stage in cfg.teachers)):  # said before any model or Ray work
-        return run.path / "final"
+    if finished_already(run, cfg, "opd", resume, sum(stage.steps for stage in cfg.teachers), accept):
+        return run.path / "final"  # said before any model or Ray work
     # 1. Checks before any work: the models, the cascade, one shared vocabulary, the output dir, the prompt mixture.
     tokenizer, eval_examples = check_opd(cfg)
-    run.prepare(resume, overwrite)
-    check_resume(run.path, cfg, resume, run.last_saved_step() + 1, accept)  # what --resume may change
+    prepare_run(run, cfg, resume, overwrite, accept)  # locked; what --resume may change checked
     prompts = OPDPrompts(cfg.data, tokenizer)
     total_steps, per_step = sum(stage.steps for stage in cfg.teachers), cfg.rollout.prompts_per_step
     print(f"[opd] prompts: {prompts.report()}; {total_steps} steps over {len(cfg.teachers)} teacher(s)", flush=True)
