@@ -518,3 +518,17 @@ def test_two_stop_signals_that_python_would_run_as_one_handler_still_stop_at_onc
             hashlib.pbkdf2_hmac("sha256", b"x", b"y", rounds)
             time.sleep(1.0)  # (a handler that took them as one would return here, and the step would go on)
         assert stop.signum == signal.SIGINT
+
+
+def test_plan_refuses_an_allocation_it_cannot_split_and_fails_a_plan_that_does_not_fit(capsys):
+    """Rows: `posttrain plan --gpus 3` with the card's tensor-parallel-4 teacher, `--gpus 0`, and a plan that does
+    not fit (the exit status a script checks). The splits themselves: tests/planning/test_plan.py."""
+    opd = "configs/marco_mini/opd.yaml"
+    status, text = cli(capsys, "plan", "--config", opd, "--gpus", "3")
+    assert status == 2 and "--gpus 3: the teacher group gets 1 GPU(s), fewer than one engine's tensor parallel size" in text
+    status, text = cli(capsys, "plan", "--config", opd, "--gpus", "0")
+    assert status == 2 and "--gpus must be >= 1, got 0" in text
+    status, text = cli(capsys, "plan", "--config", opd, "--gpus", "64", "--gpu", "a100-40g")
+    assert status == 1 and "does NOT fit" in text
+    status, text = cli(capsys, "plan", "--config", opd, "--gpus", "7", "teacher.gpus_per_worker=1")
+    assert status in (0, 1) and "on 7 x H100 SXM 80GB (trainer 4, rollout 2, teacher 1 GPUs)" in text
