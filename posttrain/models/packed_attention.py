@@ -21,6 +21,7 @@ refused with an error rather than computed wrongly.
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 
 import torch
@@ -76,16 +77,36 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
         raise NotImplementedError(
             f"attn_implementation '{NAME}' handles packed rows without a KV cache, padding mask or sliding window "
             "(the trainer's and the packed teacher's forward); load the model with 'sdpa' for anything else")
-    gathers, inverse = _plan(segments(position_ids.expand(B, T)))
+    gathers, inverse = _device_plan(position_ids, B, T, query.device)
     flat = [x.transpose(1, 2).reshape(B * T, x.shape[1], D) for x in (query, key, value)]  # [BT, H, D]
     outputs = []
     for index_NL, real_NL in gathers:
-        q, k, v = (x[index_NL.to(x.device)].transpose(1, 2) for x in flat)  # [N, H, L, D]
+        q, k, v = (x[index_NL].transpose(1, 2) for x in flat)  # [N, H, L, D]
         out_NHLD = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout,
                                                   enable_gqa=Hq != key.shape[1])
-        outputs.append(out_NHLD.transpose(1, 2)[real_NL.to(out_NHLD.device)])  # [real tokens, Hq, D]
-    out = torch.cat(outputs)[inverse.to(query.device)]
+        outputs.append(out_NHLD.transpose(1, 2)[real_NL])  # [real tokens, Hq, D]
+    out = torch.cat(outputs)[inverse]
     return out.reshape(B, T, Hq, D), None
+
+
+# The plan of the last position ids seen, on the device: (weak reference to them, their version, (B, T, device), plan).
+_LAST_PLAN: list = [None, -1, None, None]
+
+
+def _device_plan(position_ids: torch.Tensor, B: int, T: int, device: torch.device):
+    """`_plan` of these position ids, its index tensors on `device`, made once per forward.
+
+    Every layer of a forward (and its recompute in backward) is given the same position-ids tensor; reading
+    the segments is a `.tolist()` (on a GPU, a device sync) and the plan's indices are built on the host and
+    copied over: per layer that was a sync and L host-to-device copies per forward. Keyed on the tensor
+    itself (a weak reference: no id reuse) and its in-place version, so changed ids are read again."""
+    ref, version, key, plan = _LAST_PLAN
+    if ref is not None and ref() is position_ids and version == position_ids._version and key == (B, T, device):
+        return plan
+    gathers, inverse = _plan(segments(position_ids.expand(B, T)))
+    plan = ([(index.to(device), real.to(device)) for index, real in gathers], inverse.to(device))
+    _LAST_PLAN[:] = [weakref.ref(position_ids), position_ids._version, (B, T, device), plan]
+    return plan
 
 
 def no_mask(*args, **kwargs) -> None:

@@ -62,6 +62,16 @@ def init_distributed(device_type: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
 
 
+def collective_device(backend: str, device: torch.device) -> torch.device:
+    """Where a tensor for a collective of the process group must live: NCCL reduces CUDA tensors only (a CPU
+    one fails with "No backend type associated with device type cpu"), gloo CPU ones. `device`: this rank's."""
+    if backend == "nccl":
+        if device.type != "cuda":
+            raise ValueError(f"an NCCL process group on a {device.type} rank: NCCL needs CUDA tensors")
+        return device
+    return torch.device("cpu")
+
+
 def make_optimizer(params, optim: OptimConfig, ds: DeepSpeedConfig | None = None) -> torch.optim.Optimizer:
     """torch's AdamW; with the optimizer offloaded, DeepSpeedCPUAdam where `host_optimizer` picks it."""
     if ds is not None and host_optimizer(ds) == "deepspeed":

@@ -93,9 +93,9 @@ class TrainerGroup(Closing):
         return self._all("memory")
 
     def send_weights(self, receivers: list, nodes: list[str], bucket_mb: float, transfer: str = "shm",
-                     engine_ranks: int = 0) -> SyncStats:
+                     engine_tp: int = 1) -> SyncStats:
         """Stream the current weights into the engine actors `receivers` (`TrainerWorker.send_weights`)."""
-        return self._all("send_weights", receivers, nodes, bucket_mb, transfer, engine_ranks)[0]
+        return self._all("send_weights", receivers, nodes, bucket_mb, transfer, engine_tp)[0]
 
     def close(self) -> None:
         """Leave the process group on every rank, then free the actors and their reservation."""

@@ -171,29 +171,3 @@ def drain(named: Iterator) -> None:
     """Ranks other than 0: walk the stream for its ZeRO-3 gathers (collectives), sending nothing."""
     for _ in named:
         pass
-
-
-def nccl_sender(module: torch.nn.Module, zero3: bool, lora: bool, receivers: list, engine_ranks: int, rank: int,
-                address: tuple[str, int]):
-    """GPU, vLLM engines (`rollout.weight_transfer: nccl`): vLLM's own NCCL weight-transfer engine, trainer
-    side. Rank 0 opens an NCCL group with every engine worker (`engine_ranks`: the engines' tensor-parallel
-    workers together) and, per sync, broadcasts the stream in vLLM's packed buffers while the engines
-    receive it in one layerwise-reload session (vLLM's `start/update/finish_weight_update`, driven through
-    `RayVLLMWeightSyncClient` on the rollout actors, which answer vLLM's protocol). Every rank iterates the
-    same stream (ZeRO-3 gathers). Written against vLLM 0.32's `NCCLTrainerWeightTransferEngine`; not run by
-    this project's tests, which have no GPU. `address`: rank 0's (host, free port) for the NCCL rendezvous.
-    Returns the engine: `.send_weights()` runs one sync."""
-    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
-    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
-    from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
-
-    class Source(WeightSource):  # a fresh pass of the stream each round, and its metadata without gathering
-        def metadata(self):
-            return [ParamMeta(name, dtype, shape) for name, dtype, shape in weight_metadata(module, lora)]
-
-        def __iter__(self):
-            return named_weights(module, zero3, lora)
-
-    info = NCCLTrainerInitInfo(master_address=address[0], master_port=address[1], world_size=1 + engine_ranks, rank=rank)
-    return NCCLTrainerWeightTransferEngine.trainer_init(info, client=RayVLLMWeightSyncClient(receivers), source=Source())
-

@@ -25,10 +25,11 @@ from posttrain.losses.chunked import (LossTotals, chunked_loss, decoder_and_head
 from posttrain.losses.router import expert_counts, load_balancing_loss
 from posttrain.models.chat_format import donor_generation_config, export_tokenizer
 from posttrain.models.packed_attention import register
-from posttrain.train.deepspeed_setup import deepspeed_config, init_distributed, make_optimizer, make_schedule, sparse_moe_block_classes
+from posttrain.train.deepspeed_setup import (collective_device, deepspeed_config, init_distributed, make_optimizer,
+                                             make_schedule, sparse_moe_block_classes)
 from posttrain.train.lora import apply_lora, merged_state_dict
 from posttrain.train.results import LossSums, RankStep
-from posttrain.train.weight_stream import SyncStats, drain, named_weights, nccl_sender, send_weights
+from posttrain.train.weight_stream import SyncStats, drain, named_weights, send_weights
 
 
 def free_port() -> int:
@@ -201,7 +202,8 @@ class TrainerWorker:
             # calls as the rank with the most target tokens in this micro-batch.
             import torch.distributed as dist
 
-            count = torch.tensor([-(-targets_N.numel() // chunk)], device=self.device)
+            device = collective_device(dist.get_backend(), self.device)
+            count = torch.tensor([-(-targets_N.numel() // chunk)], device=device)
             dist.all_reduce(count, op=dist.ReduceOp.MAX)
             num_chunks = int(count.item())
         return chunked_loss(hidden_NH, self.head, targets_N, loss, loss_cfg, inputs, chunk, num_chunks,
@@ -269,21 +271,25 @@ class TrainerWorker:
         return output_dir
 
     def send_weights(self, receivers: list, nodes: list[str], bucket_mb: float, transfer: str = "shm",
-                     engine_ranks: int = 0) -> SyncStats | None:
+                     engine_tp: int = 1) -> SyncStats | None:
         """Rank 0: stream the current weights (merged with LoRA) into the engine actors `receivers`
         (`nodes`: the node each runs on), one bucket at a time; every rank must call (ZeRO-3 gathers).
-        `transfer` "nccl": vLLM's NCCL weight-transfer engine instead (`engine_ranks`: the engines' workers)."""
+        `transfer` "nccl": vLLM's NCCL weight-transfer engine instead (`engine_tp`: each engine's workers)."""
         import ray
 
         zero3 = bool(self.engine.zero_optimization_partition_weights())
         lora = self.lora_cfg is not None
         if transfer == "nccl":
+            from posttrain.train.nccl_sync import NCCLSender
+
             key = tuple(r._actor_id.hex() for r in receivers)
             if getattr(self, "nccl", (None,))[0] != key:  # the first sync, or engines restarted: a new group
+                if getattr(self, "nccl", None) is not None:
+                    self.nccl[1].close()  # the old group's communicators, on both sides, before a new one
                 address = (ray.util.get_node_ip_address(), free_port())
-                self.nccl = key, nccl_sender(self.engine.module, zero3, lora, receivers, engine_ranks, self.rank, address)
-            self.nccl[1].send_weights()
-            return SyncStats() if self.rank == 0 else None
+                self.nccl = key, NCCLSender(self.engine.module, zero3, lora, receivers, [engine_tp] * len(receivers),
+                                            self.rank, address)
+            return self.nccl[1].send()
         named = named_weights(self.engine.module, zero3=zero3, lora=lora)
         if self.rank != 0:
             if zero3:
@@ -318,9 +324,11 @@ def _step_unpartitioned(engine) -> tuple[float, bool]:
     import torch.distributed as dist
 
     norm = torch.nn.utils.get_total_norm([p.grad for p in engine.module.parameters() if p.grad is not None])
-    finite = torch.tensor([float(torch.isfinite(norm))])
     if dist.is_initialized():
+        finite = torch.tensor([float(torch.isfinite(norm))], device=collective_device(dist.get_backend(), engine.device))
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    else:
+        finite = torch.isfinite(norm).float()
     if finite.item() < 1:
         engine.zero_grad()
         engine.global_steps += 1  # as DeepSpeed counts a step ZeRO skipped

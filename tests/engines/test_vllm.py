@@ -167,3 +167,21 @@ def test_vllm_rollout_sleeps_frees_the_device_and_wakes_with_its_weights(tiny_mo
     assert used_asleep < used_awake - 0.1 * torch.cuda.mem_get_info()[1]  # the KV cache (>= 10% of the device) left
     worker.wake_up()
     assert worker.generate([(0, prompts[0])], seed=0, greedy=True)[0].response_ids == before[0].response_ids
+
+
+def test_a_vllm_the_weight_sync_cannot_use_is_refused_before_an_engine_starts():
+    """Issue 24 row 5: the `gpu` extra admitted vLLM 0.28, whose every weight sync raised ImportError (the
+    tied-embedding helper arrived in 0.29). The extra's floor and the start-up check agree on 0.29."""
+    import re
+    import tomllib
+
+    from posttrain.engines.vllm import VLLM_RANGE, check_vllm_version
+
+    with open("pyproject.toml", "rb") as f:
+        (spec,) = tomllib.load(f)["project"]["optional-dependencies"]["gpu"]
+    low, high = re.fullmatch(r"vllm>=([\d.]+),<([\d.]+)", spec).groups()
+    assert (tuple(map(int, low.split("."))), tuple(map(int, high.split(".")))) == VLLM_RANGE
+    with pytest.raises(ImportError, match=r"vLLM 0\.28\.1 is installed; posttrain's vLLM backends need >= 0\.29, < 0\.33"):
+        check_vllm_version("0.28.1")
+    for fine in ("0.29.0", "0.32.0+cpu", "0.32.1rc1"):
+        check_vllm_version(fine)

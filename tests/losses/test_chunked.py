@@ -175,3 +175,33 @@ def test_a_micro_batch_without_targets_still_leaves_a_dense_gradient(student):
     (totals.loss + 0 * hidden_TH.sum()).backward()
     grad = head.weight.grad
     assert grad is not None and not grad.is_sparse and grad.shape == head.weight.shape and not grad.any()
+
+
+def test_the_fused_kernel_takes_an_empty_micro_batch(monkeypatch):
+    """Issue 24 row 11: a rank's empty placeholder micro-batch gave Liger's kernel BT = 0 (ZeroDivisionError).
+    Liger (Triton) runs on CUDA only: its loss is faked here as the real one divides, the rest is real."""
+    import importlib.machinery
+    import sys
+    import types
+
+    class FusedLinearCrossEntropy:  # as Liger's: a mean over BT inside, times BT for reduction "sum"
+        def __init__(self, reduction):
+            assert reduction == "sum"
+
+        def __call__(self, weight, hidden_NH, targets_N):
+            n = targets_N.numel()
+            return torch.nn.functional.cross_entropy(hidden_NH @ weight.T, targets_N, reduction="sum") / n * n
+
+    liger = types.ModuleType("liger_kernel")
+    liger.__spec__ = importlib.machinery.ModuleSpec("liger_kernel", None)
+    transformers_part = types.ModuleType("liger_kernel.transformers")
+    transformers_part.LigerFusedLinearCrossEntropyLoss = FusedLinearCrossEntropy
+    monkeypatch.setitem(sys.modules, "liger_kernel", liger)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers_part)
+    head = torch.nn.Linear(8, 16, bias=False)
+    fused = fused_nll_kernel(head, LOSSES["nll"], torch.device("cuda"), weights_partitioned=False)
+    assert fused is not None
+    empty = fused(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert empty.loss.item() == 0.0
+    hidden, targets = torch.randn(5, 8), torch.randint(0, 16, (5,))
+    torch.testing.assert_close(fused(hidden, targets).loss, nll(head(hidden), targets).sum())

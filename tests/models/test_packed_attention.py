@@ -60,3 +60,25 @@ def test_generation_with_a_kv_cache_is_refused_with_the_reason(tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["student"], attn_implementation="sdpa_packed").eval()
     with pytest.raises(NotImplementedError, match="sdpa_packed.*without a KV cache"):
         model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False)
+
+
+def test_a_forward_reads_the_segments_once_not_once_per_layer(tiny_models, monkeypatch):
+    """Issue 24 row 12: reading the segments is a `.tolist()` (a device sync on a GPU) and the plan a set of
+    host-to-device copies; they happen once per forward (and not again in the backward), not per layer.
+    Changed position ids are read again."""
+    import posttrain.models.packed_attention as packed_attention
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["student"], attn_implementation="sdpa_packed")
+    assert model.config.num_hidden_layers >= 2
+    reads = []
+    monkeypatch.setattr(packed_attention, "segments", lambda p: reads.append(1) or segments(p))
+    ids, positions = packed_row([20, 3, 41])
+    logits, _ = forward_backward(model, ids, positions)
+    assert len(reads) == 1
+    _, other = packed_row([40, 24], seed=1)
+    other_logits, _ = forward_backward(model, ids, other)
+    assert len(reads) == 2 and not torch.equal(other_logits, logits)
+    positions[0, 20:23] = torch.tensor([0, 1, 0])  # the same tensor changed in place: read again, as 4 examples
+    forward_backward(model, ids, positions)
+    assert len(reads) == 3

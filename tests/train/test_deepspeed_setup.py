@@ -26,3 +26,18 @@ def test_a_stale_op_build_lock_does_not_hang_the_trainer_start(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "world 1 gloo" in done.stdout
     assert (stale / "lock").exists()  # not built, not waited for
+
+
+def test_a_collective_tensor_lives_where_the_process_group_reduces():
+    """Issue 24 row 2: ZeRO stage 0's non-finite flag was a CPU tensor all-reduced over NCCL ("No backend type
+    associated with device type cpu" at step 1 on any GPU). Its device now follows the group's backend."""
+    import pytest
+    import torch
+
+    from posttrain.train.deepspeed_setup import collective_device
+
+    assert collective_device("nccl", torch.device("cuda", 3)) == torch.device("cuda", 3)
+    assert collective_device("gloo", torch.device("cpu")) == torch.device("cpu")
+    assert collective_device("gloo", torch.device("cuda", 0)) == torch.device("cpu")  # gloo reduces host tensors
+    with pytest.raises(ValueError, match="NCCL needs CUDA tensors"):
+        collective_device("nccl", torch.device("cpu"))

@@ -51,7 +51,7 @@ class OPDWorkers(Closing):
     def send_weights(self, receivers: list, nodes: list[str]) -> SyncStats:
         rollout = self.cfg.rollout
         return self.trainer.send_weights(receivers, nodes, rollout.sync_bucket_mb, rollout.weight_transfer,
-                                         len(receivers) * rollout_size(self.cfg).tensor_parallel)
+                                         rollout_size(self.cfg).tensor_parallel)
 
     def placement_record(self) -> dict:
         colocated = self.colocation is not None
