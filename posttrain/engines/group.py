@@ -20,6 +20,24 @@ from posttrain.infra.closing import Closing
 from posttrain.infra.cluster import Restarts, Share, call_all, release, reserve, spawn, torch_threads
 
 
+class DeviceTurns:
+    """Colocated groups share devices: one rule for who holds them. Before an engine group wakes or starts,
+    the group awake goes to sleep and the trainer hands back its cached blocks, so an engine never starts or
+    wakes beside another awake engine (vLLM's start-up check reads the free memory and fails) or beside
+    torch's cache. The rollout stays awake from a weight sync to its sampling unless a teacher needs the
+    device in between (the first step, a cascade switch)."""
+
+    def __init__(self):
+        self.awake = None
+        self.free_trainer_cache: Callable[[], None] = lambda: None  # set once the trainer exists
+
+    def take(self, group: "EngineGroup") -> None:
+        if self.awake is not None and self.awake is not group and not self.awake.asleep:
+            self.awake.sleep()
+        self.free_trainer_cache()
+        self.awake = group
+
+
 class EngineGroup(Closing):
     def __init__(self, role: str, worker_cls: type, model_path: str, cfg, trust_remote_code: bool,
                  share: Share | None, size: EngineSize | None):
@@ -27,6 +45,9 @@ class EngineGroup(Closing):
         self.role, self.worker_cls, self.cfg = role, worker_cls, cfg
         self.model_path, self.trust_remote_code = model_path, trust_remote_code
         self.colocated, self.asleep = share is not None, False
+        self.turns = share.turns if share is not None else None
+        if self.turns is not None:
+            self.turns.take(self)  # it loads onto the shared devices now
         if share is None:
             cpus, gpus = cfg.cpus_per_worker, cfg.gpus_per_worker
             self.placement = reserve(role, cfg.num_workers, cpus, gpus, cfg.placement)
@@ -62,6 +83,8 @@ class EngineGroup(Closing):
         self.asleep = True
 
     def wake_up(self) -> None:
+        if self.turns is not None:
+            self.turns.take(self)
         call_all(self.workers, "wake_up")
         self.asleep = False
 

@@ -56,3 +56,19 @@ def teacher_size(cfg: OPDConfig) -> EngineSize:
                       max_model_len=cfg.data.max_prompt_len + cfg.rollout.max_new_tokens + 1,
                       max_logprobs=max(VLLM_DEFAULT_MAX_LOGPROBS, topk),
                       max_num_seqs=math.ceil(samples / cfg.teacher.num_workers), dtype=cfg.teacher.dtype)
+
+
+def resume_caveat(cfg: OPDConfig) -> str:
+    """What a resumed run repeats of the uninterrupted one's sampling ('' where it repeats every token).
+
+    Every prompt has its own seed, so on a CPU (the hf sampler, and vLLM's in-process CPU engine) a resumed
+    or redone step samples the same tokens: the resume tests compare runs to the bit. On a GPU the same seeds
+    do not give the same tokens: vLLM's multiprocess engine, CUDA graphs and kernels whose reductions depend
+    on what else is batched (and the hf sampler's, batch-shaped too) change the low bits, and a sample
+    diverges at the first token those bits flip."""
+    on_gpu = cfg.rollout.gpus_per_worker > 0 or (cfg.rollout.colocate and cfg.trainer.gpus_per_worker > 0)
+    if not on_gpu:
+        return ""
+    return ("the resumed steps draw the same prompts with the same seeds, but on a GPU the engines' batch-dependent "
+            "kernels make the sampled tokens differ from an uninterrupted run's (the same distribution, not the same bits)")
+

@@ -6,8 +6,11 @@ Same interface as the hf workers (`hf_rollout.py`, `hf_teacher.py`); imported on
 log-prob of each sampled token under the distribution it was drawn from (after temperature and
 top-p), as the hf sampler returns it. Each prompt gets its own seed, `n` apart (vLLM gives sample i of
 a request seed + i): one seed for every prompt would draw all prompts with the same noise. A request's
-seed fixes its samples whatever else is batched with it and across engine restarts, so a redone or
-resumed step samples the same tokens. The model's `generation_config.json` sets nothing
+seed fixes its samples across engine restarts: on a CPU (the in-process engine) a redone or resumed step
+samples the same tokens, and the resume tests compare runs to the bit. On a GPU it does not: the
+multiprocess engine, CUDA graphs and batch-dependent kernels change the low bits of the log-probs, so a
+resumed step draws the same prompts with the same seeds but not the same tokens
+(`posttrain.engines.sizing.resume_caveat`, printed on resume). The model's `generation_config.json` sets nothing
 (`generation_config="vllm"`); its end tokens are passed as stop tokens, as the hf sampler stops.
 Teachers score with `prompt_logprobs` (temperature 1 whatever the request's, per vLLM's sampler).
 

@@ -28,6 +28,7 @@ class Share:
     placement: Any
     cpus: float
     gpus: float
+    turns: Any = None  # the groups' `posttrain.engines.group.DeviceTurns`: which engine group holds the devices
 
 
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
@@ -181,6 +182,12 @@ def default_cpus_per_worker(num_workers: int) -> float:
     return max(1, int(ray.available_resources().get("CPU", 1)) // num_workers)
 
 
+# Ray >= 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor given no GPU (ray-project/ray#54868): a worker
+# configured for the CPU (`gpus_per_worker: 0`) would see every GPU of its node and pick cuda:0 unreserved (vLLM
+# starting there, two trainer ranks meeting NCCL's "Duplicate GPU detected"). Ray's own switch restores hiding.
+HIDE_UNASSIGNED_GPUS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+
+
 def spawn(worker_cls, placement, num_cpus: float, num_gpus: float, args_for_rank, count: int | None = None,
           max_restarts: int = 0) -> list:
     """One actor of `worker_cls` per bundle of `placement` (the first `count` bundles, where given);
@@ -194,11 +201,11 @@ def spawn(worker_cls, placement, num_cpus: float, num_gpus: float, args_for_rank
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     actor = ray.remote(worker_cls)
-    extra = {"runtime_env": faults.env_for_actors()} if faults.env_for_actors() else {}
+    env_vars = {**HIDE_UNASSIGNED_GPUS, **faults.env_for_actors().get("env_vars", {})}
     return [
         actor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0,
                       scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i),
-                      **extra).remote(*args_for_rank(i))
+                      runtime_env={"env_vars": env_vars}).remote(*args_for_rank(i))
         for i in range(placement.bundle_count if count is None else count)
     ]
 

@@ -88,6 +88,10 @@ class TrainerGroup(Closing):
     def export_hf(self, output_dir: str) -> None:
         self._all("export_hf", output_dir)
 
+    def free_device_cache(self) -> None:
+        """Every rank empties its CUDA cache (`TrainerWorker.free_device_cache`)."""
+        self._all("free_device_cache")
+
     def memory(self) -> list[dict]:
         """Each worker's peak memory (`TrainerWorker.memory`)."""
         return self._all("memory")

@@ -24,8 +24,6 @@ abort run with real Ray actors standing in for engines.
 from __future__ import annotations
 
 import torch
-from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource, WeightTransferInitRequest, WeightTransferUpdateRequest
-from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
 
 from posttrain.train.weight_stream import SyncStats, named_weights, weight_metadata
 
@@ -53,12 +51,13 @@ def engine_init_payloads(payload: dict, engine_tp: list[int]) -> list[dict]:
     return [{**payload, "rank_offset": offset} for offset in offsets]
 
 
-class EngineSyncClient(RayVLLMWeightSyncClient):
-    """vLLM's Ray client over the rollout actors, with a rank offset per engine and a bounded wait."""
+class EngineSyncClient:
+    """What vLLM's `RayVLLMWeightSyncClient` is to its trainer engine (the same methods, driving the rollout
+    actors), with a rank offset per engine and a bounded wait. Not a subclass: this module is imported where
+    vLLM is not installed, and every method here differs from vLLM's."""
 
     def __init__(self, handles: list, engine_tp: list[int], timeout_s: float = SYNC_TIMEOUT_S):
-        super().__init__(list(handles))
-        self.engine_tp, self.timeout_s = engine_tp, timeout_s
+        self.handles, self.engine_tp, self.timeout_s = list(handles), engine_tp, timeout_s
         self.on_failure = lambda: None  # set to abort the trainer's communicator once it exists
 
     def _wait(self, method: str, requests: list) -> None:
@@ -73,11 +72,21 @@ class EngineSyncClient(RayVLLMWeightSyncClient):
                                f"({type(e).__name__}); the transfer group was aborted") from e
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
         payloads = engine_init_payloads(init_info, self.engine_tp)
         self._wait("init_weight_transfer_engine", [(WeightTransferInitRequest(init_info=p),) for p in payloads])
 
+    def start_weight_update(self) -> None:
+        self._wait("start_weight_update", [()] * len(self.handles))
+
     def update_weights(self, update_info) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
         self._wait("update_weights", [(WeightTransferUpdateRequest(update_info=update_info),)] * len(self.handles))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._wait("finish_weight_update", [()] * len(self.handles))
 
     def shutdown_weight_transfer_engine(self) -> None:
         import ray
@@ -102,6 +111,7 @@ class NCCLSender:
 
     def __init__(self, module: torch.nn.Module, zero3: bool, lora: bool, receivers: list, engine_tp: list[int],
                  rank: int, address: tuple[str, int]):
+        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
         self.meta = weight_metadata(module, lora)

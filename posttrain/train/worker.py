@@ -28,6 +28,7 @@ from posttrain.models.packed_attention import register
 from posttrain.train.deepspeed_setup import (collective_device, deepspeed_config, init_distributed, make_optimizer,
                                              make_schedule, sparse_moe_block_classes)
 from posttrain.train.lora import apply_lora, merged_state_dict
+from posttrain.train.nccl_sync import NCCLSender
 from posttrain.train.results import LossSums, RankStep
 from posttrain.train.weight_stream import SyncStats, drain, named_weights, send_weights
 
@@ -280,8 +281,6 @@ class TrainerWorker:
         zero3 = bool(self.engine.zero_optimization_partition_weights())
         lora = self.lora_cfg is not None
         if transfer == "nccl":
-            from posttrain.train.nccl_sync import NCCLSender
-
             key = tuple(r._actor_id.hex() for r in receivers)
             if getattr(self, "nccl", (None,))[0] != key:  # the first sync, or engines restarted: a new group
                 if getattr(self, "nccl", None) is not None:
@@ -296,6 +295,12 @@ class TrainerWorker:
                 drain(named)
             return None
         return send_weights(named, receivers, nodes, ray.get_runtime_context().get_node_id(), bucket_mb)
+
+    def free_device_cache(self) -> None:
+        """Colocated, before an engine wakes or starts on this device: hand back the blocks torch's caching
+        allocator keeps (vLLM's start and wake-up read the device's free memory, not torch's)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def memory(self) -> dict:
         """This process's peak memory: host resident set (bytes) and, on a GPU, allocated device memory."""

@@ -71,3 +71,25 @@ def test_feasibility_per_node():
     eight = [{"CPU": 64, "GPU": 8}] * 2
     assert _never_fits({"CPU": 8, "GPU": 1}, 16, "PACK", eight) == ""
     assert "STRICT_SPREAD needs 3 distinct nodes" in _never_fits({"CPU": 8, "GPU": 1}, 3, "STRICT_SPREAD", eight)
+
+
+class SeesDevices:
+    def visible(self):
+        import os
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_a_worker_given_no_gpu_sees_none(ray_local):
+    """Issue 24 row 6: Ray >= 2.60 stopped hiding the node's GPUs from an actor that asks for none, so a worker
+    configured for the CPU picked cuda:0 unreserved. Every worker posttrain spawns with no GPU sees none."""
+    import ray
+
+    from posttrain.infra.cluster import spawn
+
+    group = reserve("rollout", 1, 0.25, 0)
+    try:
+        (worker,) = spawn(SeesDevices, group, 0.25, 0, lambda i: ())
+        assert ray.get(worker.visible.remote()) == ""
+    finally:
+        release([worker] if "worker" in locals() else [], group)

@@ -11,12 +11,15 @@ Memory is handed over by sleeping: the step runs generate → score → train �
 time, and a group that is not working sleeps (vLLM sleep mode level 1: weights to host memory, KV
 cache freed; hf: weights to host memory). The rollout sleeps from the end of its sampling until the
 weight sync wakes it; the teacher is awake only while it scores. The trainer itself stays resident
-(use ZeRO-Offload to move its optimizer state off the device).
+(use ZeRO-Offload to move its optimizer state off the device). Which engine is awake when is one rule,
+`DeviceTurns`: before an engine group wakes or starts, the awake one sleeps and the trainer empties its
+CUDA cache.
 """
 
 from __future__ import annotations
 
 from posttrain.config import OPDConfig
+from posttrain.engines.group import DeviceTurns
 from posttrain.infra.cluster import Share, default_cpus_per_worker, release, reserve
 
 
@@ -31,9 +34,10 @@ class Colocation:
         self.placement = reserve("colocated trainer+rollout+teacher", n, trainer_cpus + side, gpus, cfg.trainer.placement)
         # A third of the device each: Ray accounting only; the groups take turns on it by sleeping
         # (posttrain.engines.group.EngineGroup.working).
+        self.turns = DeviceTurns()  # which engine group is awake (posttrain.engines.group.DeviceTurns)
         self.trainer = Share(self.placement, trainer_cpus, gpus / 3)
-        self.rollout = Share(self.placement, cfg.rollout.cpus_per_worker, gpus / 3)
-        self.teacher = Share(self.placement, cfg.teacher.cpus_per_worker, gpus / 3)
+        self.rollout = Share(self.placement, cfg.rollout.cpus_per_worker, gpus / 3, self.turns)
+        self.teacher = Share(self.placement, cfg.teacher.cpus_per_worker, gpus / 3, self.turns)
 
     def release(self) -> None:
         release([], self.placement)

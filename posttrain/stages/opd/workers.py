@@ -15,7 +15,7 @@ from posttrain.config import OPDConfig
 from posttrain.eval.run import task_accuracy
 from posttrain.eval.tasks import TaskExample
 from posttrain.engines.group import RolloutGroup, TeacherGroup
-from posttrain.engines.sizing import rollout_size, teacher_size
+from posttrain.engines.sizing import resume_caveat, rollout_size, teacher_size
 from posttrain.infra.closing import Closing
 from posttrain.infra.cluster import placement_nodes
 from posttrain.stages.driver import RunDir
@@ -35,6 +35,8 @@ class OPDWorkers(Closing):
         try:
             self.trainer = TrainerGroup(cfg.model, cfg.trainer, cfg.optim, cfg.deepspeed, total_steps, pad_id=pad_id,
                                         lora=cfg.lora, share=share and share.trainer)
+            if share is not None:  # before an engine wakes or starts, the trainer's cached blocks go back
+                share.turns.free_trainer_cache = self.trainer.free_device_cache
             self.rollout = RolloutGroup(cfg.model.path, cfg.rollout, cfg.model.trust_remote_code,
                                         share=share and share.rollout, size=rollout_size(cfg))
         except BaseException:
@@ -76,6 +78,8 @@ class OPDWorkers(Closing):
         """The trainer from its checkpoint, and the rollout engines synced to it."""
         self.trainer.load_checkpoint(str(run.checkpoints), checkpoint_dir.name)
         self.rollout.update_weights()
+        if caveat := resume_caveat(self.cfg):
+            print(f"[opd] note: {caveat}", flush=True)
 
     def save(self, run: RunDir, state: dict) -> None:
         run.save(lambda tag: self.trainer.save_checkpoint(str(run.checkpoints), tag), state, keep=self.cfg.checkpoint.keep)
