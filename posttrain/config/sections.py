@@ -257,6 +257,11 @@ class TeacherConfig:
     pack_tokens: int = positive(4096)  # tokens per packed row (hf; attention-only teachers, e.g. qwen3_moe)
     dtype: str = one_of("float32", "float32", "bfloat16")
     gpu_memory_utilization: float = 0.5  # vllm
+    # vLLM: the prefill tokens a teacher engine scores per forward (its max_num_batched_tokens). Prompt
+    # log-probs take full-vocabulary logits and an fp32 log-softmax for that many tokens, which vLLM's
+    # start-up profile does not count: 16,384 (LLM's default) is ~15 GB at Qwen3's 151,936 vocabulary,
+    # 4,096 ~3.7 GB. The engine's gpu_memory_utilization is lowered by that peak (engines.sizing).
+    max_num_batched_tokens: int = positive(4096)
     max_restarts: int = non_negative(3)  # as rollout.max_restarts, per teacher group
 
 

@@ -30,6 +30,29 @@ class EngineSize:
     max_logprobs: int = VLLM_DEFAULT_MAX_LOGPROBS
     max_num_seqs: int = 0  # 0: the engine's default
     dtype: str = ""  # "": the group's own (teacher.dtype) or the model's
+    max_num_batched_tokens: int = 0  # 0: vLLM's default (16,384 for LLM); teachers: teacher.max_num_batched_tokens
+
+
+# Per prefill token and vocabulary entry, what a prompt log-prob request holds at once: the logits (bf16) and
+# their fp32 log-softmax (vLLM's sampler, computed on every tensor-parallel rank from gathered logits).
+PROMPT_LOGPROB_BYTES = 2 + 4
+VLLM_LLM_BATCHED_TOKENS = 16384
+
+
+def prompt_logprob_peak_bytes(size: EngineSize, vocab: int) -> int:
+    """A teacher engine's memory for prompt log-probs, on every GPU of the engine, outside vLLM's profile."""
+    return (size.max_num_batched_tokens or VLLM_LLM_BATCHED_TOKENS) * vocab * PROMPT_LOGPROB_BYTES
+
+
+def utilization_beside(utilization: float, peak_bytes: int, device_bytes: int) -> float:
+    """The gpu_memory_utilization to start an engine with so that `peak_bytes` vLLM does not profile still fits
+    on the device beside what it reserves (a mid-run OOM otherwise)."""
+    lowered = utilization - peak_bytes / device_bytes
+    if lowered < 0.1:
+        raise ValueError(f"gpu_memory_utilization {utilization} leaves no room for the prompt log-probs' "
+                         f"{peak_bytes / 2**30:.1f} GiB on a {device_bytes / 2**30:.0f} GiB device: lower "
+                         "teacher.max_num_batched_tokens or raise the tensor parallel")
+    return lowered
 
 
 def trainer_dtype(cfg: OPDConfig) -> str:
@@ -55,7 +78,8 @@ def teacher_size(cfg: OPDConfig) -> EngineSize:
     return EngineSize(tensor_parallel=max(1, cfg.teacher.gpus_per_worker),
                       max_model_len=cfg.data.max_prompt_len + cfg.rollout.max_new_tokens + 1,
                       max_logprobs=max(VLLM_DEFAULT_MAX_LOGPROBS, topk),
-                      max_num_seqs=math.ceil(samples / cfg.teacher.num_workers), dtype=cfg.teacher.dtype)
+                      max_num_seqs=math.ceil(samples / cfg.teacher.num_workers), dtype=cfg.teacher.dtype,
+                      max_num_batched_tokens=cfg.teacher.max_num_batched_tokens)
 
 
 def resume_caveat(cfg: OPDConfig) -> str:

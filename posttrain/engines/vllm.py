@@ -33,7 +33,7 @@ import os
 import torch
 
 from posttrain.config import RolloutConfig, TeacherConfig
-from posttrain.engines.sizing import EngineSize
+from posttrain.engines.sizing import EngineSize, prompt_logprob_peak_bytes, utilization_beside
 from posttrain.engines.types import Sample, Scores
 from posttrain.models.end_of_turn import model_end_of_turn_ids
 
@@ -121,6 +121,8 @@ def start_engine(model_path: str, size: EngineSize, num_threads: int, trust_remo
         args["max_model_len"] = size.max_model_len
     if size.max_num_seqs:
         args["max_num_seqs"] = size.max_num_seqs
+    if size.max_num_batched_tokens:
+        args["max_num_batched_tokens"] = size.max_num_batched_tokens
     if _on_cpu():
         if sleep_mode:
             raise RuntimeError("vLLM has no sleep mode on a CPU: colocated vLLM engines need GPUs (use backend hf)")
@@ -136,6 +138,17 @@ def start_engine(model_path: str, size: EngineSize, num_threads: int, trust_remo
     from vllm import LLM
 
     return LLM(**args)
+
+
+def _teacher_utilization(model_path: str, size: EngineSize, utilization: float, trust_remote_code: bool) -> float:
+    """GPU: the teacher's gpu_memory_utilization lowered by its prompt log-probs' peak, which vLLM's start-up
+    profile does not count (`posttrain.engines.sizing.prompt_logprob_peak_bytes`). CPU: as configured."""
+    if _on_cpu() or not torch.cuda.is_available():
+        return utilization
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).get_text_config().vocab_size
+    return utilization_beside(utilization, prompt_logprob_peak_bytes(size, vocab), torch.cuda.mem_get_info()[1])
 
 
 class _VLLMWorker:
@@ -258,7 +271,8 @@ class VLLMTeacherWorker(_VLLMWorker):
         self.psm_before = set(glob.glob("/dev/shm/psm_*"))
         # Prefix caching would buy nothing: requests with prompt_logprobs never read cached blocks.
         self.llm = start_engine(model_path, size, num_threads, trust_remote_code, sleep_mode,
-                                cfg.gpu_memory_utilization, enable_prefix_caching=False)
+                                _teacher_utilization(model_path, size, cfg.gpu_memory_utilization, trust_remote_code),
+                                enable_prefix_caching=False)
 
     def score(self, sequences: list[tuple[list[int], list[int]]], topk: int = 0) -> list[Scores]:
         from vllm import SamplingParams

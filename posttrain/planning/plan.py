@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from posttrain.config import ConfigError, LoRAConfig, OPDConfig, SFTConfig, load_config, read_config_yaml
-from posttrain.engines.sizing import EngineSize, rollout_size, teacher_size
+from posttrain.engines.sizing import EngineSize, prompt_logprob_peak_bytes, rollout_size, teacher_size
 from posttrain.infra.paths import resolve_path
 from posttrain.models.architectures import HUB_IDS, KNOWN, architecture_config
 from posttrain.models.params import count_parameters, train_flops_per_token
@@ -79,7 +79,6 @@ CONSTANTS = {
                                          "(the longest response still sets the rollout's tail)"),
     "framework_gib": Constant(5.0, "assumed: CUDA context, NCCL buffers and allocator fragmentation per GPU"),
     "vllm_runtime_gib": Constant(3.0, "assumed: vLLM activations, CUDA graphs and sampler buffers per GPU"),
-    "vllm_batched_tokens": Constant(8192, "default: vLLM max_num_batched_tokens with chunked prefill"),
     "zero_reduce_bucket": Constant(5e8, "default: DeepSpeed reduce_bucket_size (elements)"),
     "zero2_allgather_bucket": Constant(5e8, "default: DeepSpeed allgather_bucket_size (elements)"),
 }
@@ -236,17 +235,17 @@ def kv_bytes_per_token(shape: Shape, tp: int = 1) -> float:
 
 
 def inference_memory(shape: Shape, tp: int, seqs: int, tokens_per_seq: int, mean_tokens: int,
-                     utilization: float, capacity: float, prompt_logprobs: bool) -> dict[str, float]:
-    """One vLLM engine over `tp` GPUs: bf16 weights / tp, runtime, and the KV cache its sequences need."""
+                     utilization: float, capacity: float, logprob_peak: float = 0.0) -> dict[str, float]:
+    """One vLLM engine over `tp` GPUs: bf16 weights / tp, runtime, and the KV cache its sequences need.
+    `logprob_peak`: a teacher's prompt log-probs (`engines.sizing.prompt_logprob_peak_bytes`), on every GPU and
+    outside vLLM's profile: the engine starts with its utilization lowered by it, so the KV budget shrinks."""
     weights = 2 * shape.total / tp
     runtime = CONSTANTS["vllm_runtime_gib"].value * GiB
-    if prompt_logprobs:  # fp32 log-probs over the vocabulary for one chunk of prefill tokens
-        runtime += CONSTANTS["vllm_batched_tokens"].value * shape.vocab * 4 / tp
     per_seq = tokens_per_seq * kv_bytes_per_token(shape, tp) + shape.linear_state_bytes / tp
     per_mean_seq = mean_tokens * kv_bytes_per_token(shape, tp) + shape.linear_state_bytes / tp
-    budget = utilization * capacity - weights - runtime
-    return {"weights": weights, "runtime": runtime, "kv_all_sequences": seqs * per_mean_seq,
-            "kv_one_longest": per_seq, "kv_budget": budget,
+    budget = utilization * capacity - logprob_peak - weights - runtime
+    return {"weights": weights, "runtime": runtime, "prompt_logprobs_peak": logprob_peak,
+            "kv_all_sequences": seqs * per_mean_seq, "kv_one_longest": per_seq, "kv_budget": budget,
             "max_concurrent": max(0, int(budget // per_mean_seq)) if per_mean_seq else seqs}
 
 
@@ -376,7 +375,7 @@ def _opd_plan(cfg, student: Shape, gpu: GPU, split: dict, colocated: bool, capac
     tp = rollout_engine.tensor_parallel
     per_engine = math.ceil(seqs / max(1, rollout_gpus // tp))
     rm = inference_memory(student, tp, per_engine, rollout_engine.max_model_len, mean_prompt + mean_resp // 2,
-                          cfg.rollout.gpu_memory_utilization, capacity, prompt_logprobs=False)
+                          cfg.rollout.gpu_memory_utilization, capacity)
     groups = [_inference_group("rollout", student, rollout_gpus, rollout_engine, rm, capacity,
                                cfg.rollout.gpu_memory_utilization, colocated)]
     rollout_s, rollout_note = _rollout_time(student, gpu, tp, per_engine, rm["max_concurrent"], mean_prompt, mean_resp,
@@ -387,7 +386,8 @@ def _opd_plan(cfg, student: Shape, gpu: GPU, split: dict, colocated: bool, capac
         teacher_engine = teacher_size(cfg)
         ttp = teacher_engine.tensor_parallel
         tm_i = inference_memory(shape, ttp, math.ceil(seqs / max(1, teacher_gpus // ttp)), teacher_engine.max_model_len,
-                                longest, cfg.teacher.gpu_memory_utilization, capacity, prompt_logprobs=True)
+                                longest, cfg.teacher.gpu_memory_utilization, capacity,
+                                logprob_peak=prompt_logprob_peak_bytes(teacher_engine, shape.vocab))
         groups.append(_inference_group(f"teacher {i + 1}", shape, teacher_gpus, teacher_engine, tm_i, capacity,
                                        cfg.teacher.gpu_memory_utilization, colocated))
         flops = seqs * mean_len * forward_flops_per_token(shape, mean_len)
@@ -441,9 +441,15 @@ def _inference_group(name: str, shape: Shape, gpus: int, engine: EngineSize, mem
     """Fits when the weights, the runtime and one longest sequence's KV fit in the engine's share."""
     usable, tp = utilization * capacity, engine.tensor_parallel
     rows = {"weights": mem["weights"], "runtime": mem["runtime"], "kv_one_longest": mem["kv_one_longest"]}
+    if mem["prompt_logprobs_peak"]:  # a teacher's: inside the configured share, which the engine lowers by it
+        rows["prompt_logprobs_peak"] = mem["prompt_logprobs_peak"]
     total = sum(rows.values())
     note = (f"KV for all its sequences at mean length: {mem['kv_all_sequences'] / GiB:.1f} GiB; "
             f"{mem['max_concurrent']} fit at once")
+    if mem["prompt_logprobs_peak"]:
+        note += (f"; prompt log-probs of {engine.max_num_batched_tokens:,} prefill tokens (teacher.max_num_batched_tokens): "
+                 f"{mem['prompt_logprobs_peak'] / GiB:.1f} GiB outside vLLM's profile, so the engine starts at "
+                 f"gpu_memory_utilization {utilization - mem['prompt_logprobs_peak'] / capacity:.3f}")
     if total > usable:
         # Tensor parallelism splits the weights, the KV heads and the logits; its size must divide the heads.
         need = math.ceil(total / usable * tp)
@@ -514,8 +520,8 @@ def format_plan(p: dict) -> str:
              "levers: " + ", ".join(f"{k}={v}" for k, v in c["levers"].items() if k != "lora_targets"), "",
              "memory per GPU (GiB)"]
     keys = ["weights", "gradients", "optimizer", "activations", "loss", "buffers", "framework", "runtime",
-            "kv_one_longest"]
-    heads = ["weights", "grads", "optim", "activ", "loss", "buffers", "framew", "runtime", "kv/seq"]
+            "prompt_logprobs_peak", "kv_one_longest"]
+    heads = ["weights", "grads", "optim", "activ", "loss", "buffers", "framew", "runtime", "logp", "kv/seq"]
     width = max(len(g["group"]) + len(g["model"]) + 3 for g in p["groups"])
     lines.append(f"{'group':{width}s} {'GPUs':>4s} " + " ".join(f"{h:>7s}" for h in heads)
                  + f" {'total':>7s} {'of':>6s}  fits")

@@ -24,3 +24,23 @@ def test_a_resume_on_gpus_says_it_repeats_the_seeds_not_the_tokens():
     assert "not the same bits" in resume_caveat(gpu)
     colocated = load_config(OPDConfig, "configs/tiny/opd.yaml", ["rollout.colocate=true", "trainer.gpus_per_worker=1"])
     assert resume_caveat(colocated)
+
+
+def test_a_teacher_engine_leaves_room_for_its_prompt_logprobs():
+    """Issue 24 row 4: the teacher's prefill chunk is bounded (teacher.max_num_batched_tokens) and the engine's
+    gpu_memory_utilization lowered by the peak vLLM's profile misses, or refused where nothing would be left."""
+    import pytest
+
+    from posttrain.engines.sizing import prompt_logprob_peak_bytes, utilization_beside
+
+    card = load_config(OPDConfig, "configs/marco_mini/opd.yaml", [])
+    size = teacher_size(card)
+    assert size.max_num_batched_tokens == 4096
+    peak = prompt_logprob_peak_bytes(size, 151_936)
+    h100 = 80 * 2**30
+    assert utilization_beside(0.85, peak, h100) == pytest.approx(0.85 - peak / h100) and peak / 2**30 == pytest.approx(3.48, abs=0.01)
+    default_llm = prompt_logprob_peak_bytes(teacher_size(load_config(OPDConfig, "configs/marco_mini/opd.yaml",
+                                                                     ["teacher.max_num_batched_tokens=16384"])), 151_936)
+    assert default_llm / 1e9 == pytest.approx(14.9, abs=0.1)  # what LLM's default chunk would have cost
+    with pytest.raises(ValueError, match=r"leaves no room for the prompt log-probs' 13\.9 GiB on a 16 GiB device"):
+        utilization_beside(0.9, default_llm, 16 * 2**30)

@@ -70,7 +70,7 @@ def test_what_the_opd_config_needs_to_fit(capsys):
     assert main(["plan", "--config", OPD, "--gpus", "64", "--gpu", "h100", "teacher.gpus_per_worker=1",
                  "teacher.num_workers=16"]) == 1  # does not fit: a script's check fails
     out = capsys.readouterr().out
-    assert "teacher 2 needs 156.3 GiB of 68.0 (short by 88.3 GiB)" in out and "tensor parallel >= 4" in out
+    assert "teacher 2 needs 155.2 GiB of 68.0 (short by 87.2 GiB)" in out and "tensor parallel >= 4" in out
     unchecked = plan(load_config(OPDConfig, OPD), 64, GPUS["h100"], {"activation_checkpointing": False})
     assert _trainer(unchecked)["total"] > 0.95 * _trainer(unchecked)["capacity"]
 
@@ -179,3 +179,23 @@ def test_zero_gpus_and_too_few_for_three_groups_are_refused(capsys):
     assert "--gpus must be >= 1, got 0" in capsys.readouterr().err
     assert main(["plan", "--config", OPD, "--gpus", "2", "teacher.gpus_per_worker=1"]) == 2
     assert "OPD's three groups (trainer, rollout, teacher) need a GPU each" in capsys.readouterr().err
+
+
+def test_the_teachers_prompt_logprob_peak_is_counted_and_every_card_group_still_fits(capsys):
+    """Issue 24 row 4: vLLM computes full-vocabulary logits and an fp32 log-softmax for a teacher's prefill
+    chunk, which its start-up profile does not count (~15 GB at LLM's default 16,384 tokens and V = 151,936):
+    a mid-run OOM on top of gpu_memory_utilization 0.85. The planner counts it (4,096 tokens: 3.5 GiB) and
+    the engine starts with its utilization lowered by it."""
+    from posttrain.engines.sizing import prompt_logprob_peak_bytes, teacher_size
+
+    cfg = load_config(OPDConfig, OPD)
+    p = plan(cfg, 64, GPUS["h100"])
+    peak = prompt_logprob_peak_bytes(teacher_size(cfg), 151_936)
+    assert peak == 4096 * 151_936 * 6
+    teachers = [g for g in p["groups"] if g["group"].startswith("teacher")]
+    assert len(teachers) == 2 and all(g["rows"]["prompt_logprobs_peak"] == peak for g in teachers)
+    assert "prompt_logprobs_peak" not in next(g for g in p["groups"] if g["group"] == "rollout")["rows"]
+    assert all(g["fits"] for g in p["groups"])
+    main(["plan", "--config", OPD, "--gpus", "64", "--gpu", "h100"])
+    out = capsys.readouterr().out
+    assert "logp" in out and "3.5 GiB outside vLLM's profile, so the engine starts at gpu_memory_utilization 0.807" in out
