@@ -9,16 +9,19 @@ imported from this checkout). Three measurements:
    x 768 with 8 active, 16 q / 8 kv heads of dim 128), a few layers in bf16, forward + backward on packed
    8,192-token rows: tokens/s and MFU on active-parameter FLOPs, per experts implementation
    (`benchmarks/gpu_moe_layers.py`'s code).
-2. The loss's peak memory over its inputs at 8,192 and 16,384 target tokens at V = 151,936, bf16: the
-   whole-row logits (the trainer's path before issue 15) against `posttrain.losses.chunked`
-   (`benchmarks/loss_memory.py`'s measurement, read from `torch.cuda.max_memory_allocated`).
-3. The packed attention: the same layers with `sdpa_packed` (posttrain's default), transformers' `sdpa`
-   (a block-causal mask over the whole row) and `flash_attention_2` (varlen, where flash-attn is installed).
+2. The loss's peak memory and time over its inputs at 8,192 and 16,384 target tokens at V = 151,936, bf16:
+   the whole-row logits (the trainer's path before issue 15) against `posttrain.losses.chunked`, with and
+   without HeadInPlace (`benchmarks/loss_memory.py`'s measurement, read from `torch.cuda.max_memory_allocated`).
+3. The packed attention: the same layers with `sdpa_packed` (posttrain's default), the same with its plan
+   made per layer (as before issue 24: a device sync and host-to-device copies in every layer), transformers'
+   `sdpa` (a block-causal mask over the whole row) and `flash_attention_2` (varlen, where flash-attn is installed).
+Then a verdict table; exit 1 where a check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import time
@@ -50,15 +53,35 @@ def layers_table(config, args, device) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def plan_per_layer():
+    """sdpa_packed as it was before issue 24 row 12: the segments read (`.tolist()`, a device sync) and the
+    plan copied to the device in every layer, forward and recompute; the peer of today's once-per-forward."""
+    from posttrain.models import packed_attention
+
+    cached = packed_attention._device_plan
+
+    def every_time(position_ids, B, T, device):
+        packed_attention._LAST_PLAN[:] = [None, -1, None, None]
+        return cached(position_ids, B, T, device)
+
+    packed_attention._device_plan = every_time
+    try:
+        yield
+    finally:
+        packed_attention._device_plan = cached
+
+
 def attention_table(config, args, device, impl: str) -> list[dict]:
     """The layers with each attention implementation, the fastest experts implementation fixed."""
-    names = ["sdpa_packed", "sdpa"] + (["flash_attention_2"] if device.type == "cuda"
-                                       and importlib.util.find_spec("flash_attn") else [])
+    names = ["sdpa_packed", "sdpa_packed (plan per layer)", "sdpa"] + (
+        ["flash_attention_2"] if device.type == "cuda" and importlib.util.find_spec("flash_attn") else [])
     packed, rows = config._attn_implementation, []
     for name in names:
-        config._attn_implementation = packed if name == "sdpa_packed" else name
+        config._attn_implementation = packed if name.startswith("sdpa_packed") else name
         try:
-            rows.append({"attention": name, **train_layers(config, args, device, impl)})
+            with plan_per_layer() if name.endswith("(plan per layer)") else contextlib.nullcontext():
+                rows.append({"attention": name, **train_layers(config, args, device, impl)})
         except Exception as e:
             rows.append({"attention": name, "failed": f"{type(e).__name__}: {str(e)[:100]}"})
     config._attn_implementation = packed
@@ -71,7 +94,7 @@ def loss_table(args, device) -> list[dict]:
         margs = SimpleNamespace(threads=torch.get_num_threads(), device=str(device), dtype=args.loss_dtype, chunk=args.chunk,
                                 loss="nll", vocab=args.vocab, hidden=args.hidden)
         row = {"tokens": tokens}
-        for arm in ("before", "after"):
+        for arm in ("before", "after", "in_place"):
             started = time.perf_counter()
             try:
                 row[arm] = measure(arm, tokens, margs)["peak_bytes"] / 2**30
@@ -98,9 +121,37 @@ def print_tables(layers, attention, losses, args) -> None:
               f"| {r['attention']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f}x |")
     print(f"\nLoss peak memory over its inputs (V = {args.vocab:,}, H = {args.hidden}, {args.loss_dtype}, "
           f"chunks of {args.chunk})")
-    print("| target tokens | whole-row logits (GiB) | chunked (GiB) | chunked / whole |\n|---|---|---|---|")
+    print("| target tokens | whole-row logits (GiB, s) | chunked (GiB, s) | chunked + HeadInPlace (GiB, s) | "
+          "best / whole |\n|---|---|---|---|---|")
     for r in losses:
-        print(f"| {r['tokens']:,} | {r['before']:.2f} | {r['after']:.2f} | {r['after'] / r['before']:.2f} |")
+        print(f"| {r['tokens']:,} | {r['before']:.2f}, {r['before_s']:.2f} | {r['after']:.2f}, {r['after_s']:.2f} | "
+              f"{r['in_place']:.2f}, {r['in_place_s']:.2f} | {min(r['after'], r['in_place']) / r['before']:.2f} |")
+
+
+def verdicts(layers, attention, losses, smoke: bool) -> list[tuple[str, str, str]]:
+    """(check, verdict, why): what the run says about the paths that only a GPU exercises. A smoke run's
+    comparisons are toy-sized and unwarmed: only whether the code ran is a verdict there."""
+    out = []
+    judged = (lambda good: "n/a (smoke)") if smoke else (lambda good: "ok" if good else "FAIL")
+    for r in layers:
+        out.append((f"experts '{r['impl']}' bf16 forward + backward", "FAIL" if "failed" in r else "ok",
+                    r.get("failed", f"{r.get('tokens_per_s', 0):,.0f} tokens/s")))
+    speed = {r["attention"]: r["tokens_per_s"] for r in attention if "failed" not in r}
+    for r in attention:
+        if "failed" in r:
+            out.append((f"attention '{r['attention']}'", "FAIL", r["failed"]))
+    if "sdpa_packed" in speed and "sdpa" in speed:
+        ratio = speed["sdpa_packed"] / speed["sdpa"]
+        out.append(("sdpa_packed against sdpa", "n/a (smoke)" if smoke else "ok" if ratio >= 1 else "slower", f"{ratio:.2f}x"))
+    if "sdpa_packed" in speed and "sdpa_packed (plan per layer)" in speed:
+        ratio = speed["sdpa_packed"] / speed["sdpa_packed (plan per layer)"]
+        out.append(("sdpa_packed plan once per forward vs per layer",
+                    "n/a (smoke)" if smoke else "ok" if ratio >= 0.97 else "slower", f"{ratio:.2f}x"))
+    for r in losses:
+        best = min(r["after"], r["in_place"])
+        out.append((f"chunked loss peak at {r['tokens']:,} tokens", judged(best < r["before"]),
+                    f"{best:.2f} GiB vs {r['before']:.2f} GiB whole-row"))
+    return out
 
 
 def main() -> None:
@@ -139,7 +190,14 @@ def main() -> None:
     attention = attention_table(config, args, device, fastest)
     losses = loss_table(args, device)
     print_tables(layers, attention, losses, args)
+    checks = verdicts(layers, attention, losses, args.smoke)
+    print("\nVerdicts" + (" (SMOKE: the code ran; the figures mean nothing)" if args.smoke else ""))
+    print("| check | verdict | measured |\n|---|---|---|")
+    for check, verdict, why in checks:
+        print(f"| {check} | {verdict} | {why} |")
     print(f"\n{time.perf_counter() - started:.0f} s in all")
+    if any(verdict == "FAIL" for _, verdict, _ in checks):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

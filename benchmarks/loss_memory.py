@@ -70,8 +70,9 @@ def measure(arm: str, tokens: int, args) -> dict:
         logits_NV = head(hidden_TH)[mask_T]
         out = loss.fn(logits_NV, targets_T[mask_T], cfg, **inputs)
         value = (out[0] if isinstance(out, tuple) else out).sum()
-    else:
-        value = chunked_loss(hidden_TH[mask_T], head, targets_T[mask_T], loss, cfg, inputs, args.chunk).loss
+    else:  # "after": the chunked loss; "in_place": and the head's gradient written into .grad (HeadInPlace)
+        value = chunked_loss(hidden_TH[mask_T], head, targets_T[mask_T], loss, cfg, inputs, args.chunk,
+                             grad_in_place=arm == "in_place").loss
     value.backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
