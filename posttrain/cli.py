@@ -56,31 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="task accuracy, reverse KL to a teacher and response length of a model; or "
                                     "benchmarks through lm-evaluation-harness (--suite card: the model card's)")
-    p.add_argument("--model", required=True, help="model directory or hub id")
-    p.add_argument("--tasks", help="comma-separated tasks: posttrain's verifiable tasks (addition, repeat, chain; the "
-                   "default is addition,repeat) or lm-evaluation-harness tasks (gsm8k, mmlu, posttrain_addition, ...)")
-    p.add_argument("--suite", help="a benchmark suite through lm-evaluation-harness: 'card' (configs/marco_mini/eval.yaml: "
-                   "the card's benchmarks beside the card's scores) or a suite file")
-    p.add_argument("--teacher", help="also report the mean per-token reverse KL to this teacher on the model's samples")
-    p.add_argument("--limit", type=int, help="examples per task (posttrain's tasks: 64 of the eval split by default; "
-                   "harness tasks: all by default)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="longest response, in tokens (default: 32; posttrain's "
-                   "tasks: a harness task has its own)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled responses the reverse KL is measured on")
-    p.add_argument("--output", help="write the results as JSON here (posttrain's tasks)")
-    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto",
-                   help="harness tasks: vllm where it is installed (auto), else transformers (hf)")
-    p.add_argument("--tensor-parallel", type=int, help="harness tasks on vLLM: GPUs per engine (default: the suite's)")
-    p.add_argument("--dtype", help="harness tasks: the model's dtype (default: the suite's, else the model's)")
-    p.add_argument("--max-model-len", type=int, help="harness tasks on vLLM: the engine's context (default: the suite's)")
-    p.add_argument("--batch-size", default="16", help="harness tasks on transformers: examples per batch, or 'auto' (the "
-                   "harness's search, which probes at the model's full context length) (default: 16)")
-    p.add_argument("--runs", type=int, help="harness suites: at most this many sampled runs of an Avg@k benchmark")
-    p.add_argument("--output-dir", help="harness tasks: where harness_eval.json/.md go (default: the run directory when "
-                   "--model is RUN/final, else runs/eval/<model name>)")
-    p.add_argument("--log-samples", action="store_true", help="harness tasks: also write every response "
-                   "(OUTPUT_DIR/harness_samples/)")
-    p.add_argument("--trust-remote-code", action="store_true", help="let transformers/vLLM run the model's own code")
+    add_eval_args(p)
 
     p = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
     p.add_argument("run_dir", help="the output directory of a posttrain sft or opd run (holding metrics.jsonl)")
@@ -113,6 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colocate", action="store_true", default=None, help="plan trainer, rollout and teacher on the same GPUs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. deepspeed.zero_stage=2")
     return parser
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory or hub id")
+    p.add_argument("--tasks", help="comma-separated tasks: posttrain's verifiable tasks (addition, repeat, chain; the "
+                   "default is addition,repeat) or lm-evaluation-harness tasks (gsm8k, mmlu, posttrain_addition, ...)")
+    p.add_argument("--suite", help="a benchmark suite through lm-evaluation-harness: 'card' (configs/marco_mini/eval.yaml: "
+                   "the card's benchmarks beside the card's scores) or a suite file")
+    p.add_argument("--teacher", help="also report the mean per-token reverse KL to this teacher on the model's samples")
+    p.add_argument("--limit", type=int, help="examples per task (posttrain's tasks: 64 of the eval split by default; "
+                   "harness tasks: all by default)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest response, in tokens (default: 32; posttrain's "
+                   "tasks: a harness task has its own)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled responses the reverse KL is measured on")
+    p.add_argument("--output", help="write the results as JSON here (posttrain's tasks)")
+    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto",
+                   help="harness tasks: vllm where it is installed (auto), else transformers (hf)")
+    p.add_argument("--tensor-parallel", type=int, help="harness tasks on vLLM: GPUs per engine (default: the suite's)")
+    p.add_argument("--dtype", help="harness tasks: the model's dtype (default: the suite's, else the model's)")
+    p.add_argument("--max-model-len", type=int, help="harness tasks on vLLM: the engine's context (default: the suite's)")
+    p.add_argument("--batch-size", default="16", help="harness tasks on transformers: examples per batch, or 'auto' (the "
+                   "harness's search, which probes at the model's full context length) (default: 16)")
+    p.add_argument("--runs", type=int, help="harness suites: at most this many sampled runs of an Avg@k benchmark")
+    p.add_argument("--output-dir", help="harness tasks: where harness_eval.json/.md go (default: the run directory when "
+                   "--model is RUN/final, else runs/eval/<model name>)")
+    p.add_argument("--log-samples", action="store_true", help="harness tasks: also write every response "
+                   "(OUTPUT_DIR/harness_samples/)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let transformers/vLLM run the model's own code")
 
 
 def cmd_tiny(args) -> None:
