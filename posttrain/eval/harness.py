@@ -176,7 +176,7 @@ def vllm_model_class():
         metadata.version = real
 
 
-def run_task(lm, task: str, manager, backend: str, limit: int | None = None, shots: int | None = None,
+def run_task(lm, task: str, manager, limit: int | None = None, shots: int | None = None,
              chat: bool = True, seed: int = 0, sampling: dict | None = None, log_samples: bool = False,
              max_gen_toks: int | None = None) -> dict:
     """One harness task on the built model: its results (groups and subtasks) and, with `log_samples`, its
@@ -186,9 +186,10 @@ def run_task(lm, task: str, manager, backend: str, limit: int | None = None, sho
 
     gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else {}
     if sampling:
+        # No per-request seed: the harness would give every request the same one, and vLLM would then draw every
+        # prompt with the same noise. vLLM draws from its engine's generator (seed 0 at start, so a suite's runs
+        # are reproducible in order), transformers from torch's, seeded with `seed` below.
         gen_kwargs.update(do_sample=True, **sampling)
-        if backend == "vllm":  # vLLM seeds per request; transformers draws from torch's seeded generator
-            gen_kwargs["seed"] = seed
     out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit, num_fewshot=shots,
                           apply_chat_template=chat, fewshot_as_multiturn=chat, gen_kwargs=gen_kwargs or None,
                           log_samples=log_samples, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,

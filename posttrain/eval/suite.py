@@ -91,7 +91,7 @@ def evaluate_suite(suite: Suite, model: str, backend: str, size: EngineSize, out
     print(f"[eval] {model} on {backend}: {sum(bool(b.tasks) for b in suite.benchmarks)} benchmarks", flush=True)
     lm = harness.build_lm(spec)
     samples_dir = Path(output_dir) / "harness_samples" if log_samples else None
-    rows = run_suite(suite, lm, manager, backend, limit=limit, runs=runs, log_samples=log_samples,
+    rows = run_suite(suite, lm, manager, limit=limit, runs=runs, log_samples=log_samples,
                      samples_dir=samples_dir)
     result = {"model": str(model), "backend": backend, "limit": limit, "command": command,
               "card_model": suite.card_model, "rows": rows}
@@ -101,7 +101,7 @@ def evaluate_suite(suite: Suite, model: str, backend: str, size: EngineSize, out
     return result
 
 
-def run_suite(suite: Suite, lm, manager, backend: str, limit: int | None = None, runs: int | None = None,
+def run_suite(suite: Suite, lm, manager, limit: int | None = None, runs: int | None = None,
               log_samples: bool = False, samples_dir: Path | None = None) -> list[dict]:
     """Every benchmark in order, one progress line per harness task run; a row per benchmark."""
     rows = []
@@ -113,7 +113,7 @@ def run_suite(suite: Suite, lm, manager, backend: str, limit: int | None = None,
             per_run = []
             for seed in range(min(bench.runs, runs or bench.runs)):
                 sampling = dict(suite.sampling) if bench.runs > 1 else None  # Avg@k samples; Acc@1 is greedy
-                out = harness.run_task(lm, task, manager, backend, limit=limit, shots=bench.shots, chat=suite.chat,
+                out = harness.run_task(lm, task, manager, limit=limit, shots=bench.shots, chat=suite.chat,
                                        seed=seed, sampling=sampling, log_samples=log_samples,
                                        max_gen_toks=suite.max_gen_toks)
                 score, metric = harness.task_score(out["results"], task, metric)

@@ -111,3 +111,23 @@ def test_report_shows_the_benchmark_table_of_a_run(tmp_path):
     assert "## Benchmarks (lm-evaluation-harness)" in page
     assert "| MMLU | 80.0 | 83.4 | -3.4 | avg@8 | `mmlu_generative` |" in page
     assert "| PolyMath | — | 44.7 | — | avg@8 | none: lm-eval 0.4.13 has no PolyMath task |" in page
+
+
+def test_avg_at_k_is_the_mean_of_k_sampled_runs_and_a_missing_benchmark_keeps_its_row(tiny_models, tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("card_model: Test\ngeneration: {sampling: {temperature: 1.0, top_p: 1.0}}\nbenchmarks:\n"
+                     f"  - {{name: Addition, harness_task: {TASK}, scoring: avg@2, runs: 2, card: {{marco_mini: 50.0}}}}\n"
+                     "  - {name: Absent, harness_task: null, reason: not in the harness, card: {marco_mini: 1.0}}\n")
+    out = tmp_path / "eval"
+    done = run_cli(["eval", "--model", str(tiny_models["teacher-moe"]), "--suite", str(suite), "--backend", "hf",
+                    "--dtype", "float32", "--limit", "16", "--output-dir", str(out), "--log-samples"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [[json.loads(line) for line in (out / "harness_samples" / f"{TASK}.seed{s}.jsonl").read_text().splitlines()]
+            for s in (0, 1)]
+    assert [len(r) for r in runs] == [16, 16]
+    assert [s["response"] for s in runs[0]] != [s["response"] for s in runs[1]]  # sampled, with another seed
+    right = [sum(s["filtered"] == s["target"] for s in r) / len(r) for r in runs]
+    addition, absent = json.loads((out / "harness_eval.json").read_text())["rows"]
+    assert addition["ours"] == pytest.approx(100 * sum(right) / 2) and addition["runs"] == 2
+    assert addition["difference"] == pytest.approx(addition["ours"] - 50.0)
+    assert absent["ours"] is None and absent["card"] == 1.0 and absent["reason"] == "not in the harness"
