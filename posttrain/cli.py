@@ -188,9 +188,6 @@ def cmd_eval_harness(args, tasks: list[str]) -> None:
         raise ConfigError("give --suite or --tasks, not both")
     if args.teacher:
         raise ConfigError("--teacher measures posttrain's own tasks (addition, repeat, chain), not harness tasks")
-    if known := [t for t in tasks if t in TASKS]:
-        raise ConfigError(f"--tasks mixes posttrain's tasks ({', '.join(known)}) with harness tasks: run them apart "
-                          f"(posttrain's are also a harness task: posttrain_addition)")
     suite = load_suite(CARD_SUITE if args.suite == "card" else args.suite) if args.suite else task_suite(tasks)
     model = Path(args.model)
     output_dir = args.output_dir or (model.parent if model.name == "final" and (model.parent / "metrics.jsonl").exists()

@@ -78,11 +78,15 @@ def task_suite(names: list[str]) -> Suite:
 def evaluate_suite(suite: Suite, model: str, backend: str, size: EngineSize, output_dir: str | Path, command: str,
                    limit: int | None = None, runs: int | None = None, batch_size: int | str = "auto",
                    log_samples: bool = False, trust_remote_code: bool = False, also: tuple[str, ...] = ()) -> dict:
-    """Check, in this order and before any model is loaded: every task name (`also`: other names a user may
-    have meant), the model directory, every benchmark's dataset. Then build the model once, run every
-    benchmark, print and write the table."""
+    """Check, in this order and before any model is loaded: every task name (`also`: posttrain's own tasks, which
+    a user may have meant and which `posttrain eval` runs apart), the model directory, every benchmark's dataset.
+    Then build the model once, run every benchmark, print and write the table."""
     manager = harness.task_manager()
-    harness.check_task_names([t for b in suite.benchmarks for t in b.tasks], manager, also)
+    names = [t for b in suite.benchmarks for t in b.tasks]
+    harness.check_task_names(names, manager, also)
+    if own := [t for t in names if t in also]:
+        raise ConfigError(f"--tasks mixes posttrain's tasks ({', '.join(own)}) with harness tasks: run them apart "
+                          f"(addition is also a harness task: posttrain_addition)")
     check_model_dir(model, "--model", trust_remote_code=trust_remote_code, need_template=suite.chat)
     harness.check_loadable([(b.name, t) for b in suite.benchmarks for t in b.tasks], manager)
     backend = harness.pick_backend(backend)

@@ -15,11 +15,12 @@ from tests.helpers import ROOT, require_vllm, run_cli
 TASK = "posttrain_addition"
 DATA = ROOT / "posttrain" / "eval" / "harness_tasks" / TASK / "addition.jsonl"
 MAX_NEW_TOKENS = 24  # the task yaml's max_gen_toks
+LIMIT = 16  # of its 32 rows: the harness takes the first 16
 _GREEDY: dict = {}
 
 
 def rows() -> list[dict]:
-    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()][:LIMIT]
 
 
 def greedy_answers(model_path) -> list[str]:
@@ -58,12 +59,13 @@ def test_the_harness_score_is_the_score_of_the_models_own_greedy_answers(tiny_mo
     out = tmp_path / "eval"
     started = time.monotonic()
     done = run_cli(["eval", "--model", str(tiny_models[model]), "--tasks", TASK, "--backend", backend, "--dtype", "float32",
-                    "--max-model-len", "512", "--output-dir", str(out), "--log-samples"], timeout=400)
+                    "--max-model-len", "512", "--limit", str(LIMIT), "--output-dir", str(out), "--log-samples"],
+                   timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"{model} on {backend}: {time.monotonic() - started:.0f} s")
     result = json.loads((out / "harness_eval.json").read_text())
     (row,) = result["rows"]
-    assert result["backend"] == backend and row["benchmark"] == TASK and row["examples"] == 32
+    assert result["backend"] == backend and row["benchmark"] == TASK and row["examples"] == LIMIT
     answers = greedy_answers(tiny_models[model])
     served = [json.loads(line) for line in (out / "harness_samples" / f"{TASK}.seed0.jsonl").read_text().splitlines()]
     # The harness asked the model what it was asked here and got the same greedy answers (vLLM's float32 included).
@@ -93,6 +95,8 @@ def test_an_unknown_harness_task_is_refused_with_the_closest_names_before_any_mo
     assert str(missing_model) not in err
     assert main(["eval", "--model", str(missing_model), "--tasks", "gsm8k,addition"]) == 2
     assert "mixes posttrain's tasks (addition)" in capsys.readouterr().err
+    assert main(["eval", "--model", str(missing_model), "--tasks", "addition,sudoku"]) == 2
+    assert "unknown task 'sudoku'" in capsys.readouterr().err
 
 
 def test_report_shows_the_benchmark_table_of_a_run(tmp_path):
