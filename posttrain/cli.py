@@ -13,6 +13,7 @@ from posttrain.config import ConfigError
 from posttrain.data.mixture import DataError
 from posttrain.eval.report import write_report
 from posttrain.eval.run import evaluate, format_table, write_json
+from posttrain.eval.suite import CARD_SUITE, evaluate_suite, load_suite, task_suite
 from posttrain.eval.tasks import TASKS
 from posttrain.infra.checkpoint import CheckpointWriteError
 from posttrain.infra.cluster import PlacementError, WorkerFailure, ray_left_on_exit
@@ -53,14 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the OPD stage's rollout and teacher engines (vllm: scripts/install_vllm_cpu.sh on a CPU; the "
                         "tiny qwen3_next teacher stays on hf, which vLLM's CPU kernels cannot run)")
 
-    p = sub.add_parser("eval", help="task accuracy, reverse KL to a teacher and response length of a model")
-    p.add_argument("--model", required=True, help="model directory or hub id")
-    p.add_argument("--tasks", default="addition,repeat", help="comma-separated tasks (posttrain.eval.tasks)")
-    p.add_argument("--teacher", help="also report the mean per-token reverse KL to this teacher on the model's samples")
-    p.add_argument("--limit", type=int, default=64, help="eval-split examples per task")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="longest response, in tokens (default: 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled responses the reverse KL is measured on")
-    p.add_argument("--output", help="write the results as JSON here")
+    p = sub.add_parser("eval", help="task accuracy, reverse KL to a teacher and response length of a model; or "
+                                    "benchmarks through lm-evaluation-harness (--suite card: the model card's)")
+    add_eval_args(p)
 
     p = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
     p.add_argument("run_dir", help="the output directory of a posttrain sft or opd run (holding metrics.jsonl)")
@@ -93,6 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colocate", action="store_true", default=None, help="plan trainer, rollout and teacher on the same GPUs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. deepspeed.zero_stage=2")
     return parser
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory or hub id")
+    p.add_argument("--tasks", help="comma-separated tasks: posttrain's verifiable tasks (addition, repeat, chain; the "
+                   "default is addition,repeat) or lm-evaluation-harness tasks (gsm8k, mmlu, posttrain_addition, ...)")
+    p.add_argument("--suite", help="a benchmark suite through lm-evaluation-harness: 'card' (configs/marco_mini/eval.yaml: "
+                   "the card's benchmarks beside the card's scores) or a suite file")
+    p.add_argument("--teacher", help="also report the mean per-token reverse KL to this teacher on the model's samples")
+    p.add_argument("--limit", type=int, help="examples per task (posttrain's tasks: 64 of the eval split by default; "
+                   "harness tasks: all by default)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest response, in tokens (default: 32; posttrain's "
+                   "tasks: a harness task has its own)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled responses the reverse KL is measured on")
+    p.add_argument("--output", help="write the results as JSON here (posttrain's tasks)")
+    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto",
+                   help="harness tasks: vllm where it is installed (auto), else transformers (hf)")
+    p.add_argument("--tensor-parallel", type=int, help="harness tasks on vLLM: GPUs per engine (default: the suite's)")
+    p.add_argument("--dtype", help="harness tasks: the model's dtype (default: the suite's, else the model's)")
+    p.add_argument("--max-model-len", type=int, help="harness tasks on vLLM: the engine's context (default: the suite's)")
+    p.add_argument("--batch-size", default="16", help="harness tasks on transformers: examples per batch, or 'auto' (the "
+                   "harness's search, which probes at the model's full context length) (default: 16)")
+    p.add_argument("--runs", type=int, help="harness suites: at most this many sampled runs of an Avg@k benchmark")
+    p.add_argument("--output-dir", help="harness tasks: where harness_eval.json/.md go (default: the run directory when "
+                   "--model is RUN/final, else runs/eval/<model name>)")
+    p.add_argument("--log-samples", action="store_true", help="harness tasks: also write every response "
+                   "(OUTPUT_DIR/harness_samples/)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let transformers/vLLM run the model's own code")
 
 
 def cmd_tiny(args) -> None:
@@ -138,23 +162,43 @@ def cmd_demo(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    if args.limit < 1 or args.max_new_tokens < 1:
-        bad = "--limit" if args.limit < 1 else "--max-new-tokens"
-        raise ConfigError(f"{bad} must be a whole number >= 1, got {args.limit if bad == '--limit' else args.max_new_tokens}"
-                          + (" (the eval-split examples per task)" if bad == "--limit" else ""))
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for task in tasks:
-        if task not in TASKS:
-            raise ConfigError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--runs", args.runs),
+                        ("--tensor-parallel", args.tensor_parallel), ("--max-model-len", args.max_model_len)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a whole number >= 1, got {value}"
+                              + (" (the eval-split examples per task)" if flag == "--limit" else ""))
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    if args.suite or any(task not in TASKS for task in tasks):
+        return cmd_eval_harness(args, tasks)
+    tasks = tasks or ["addition", "repeat"]
     check_model_dir(args.model, "--model")
     if args.teacher:
         check_model_dir(args.teacher, "--teacher")
-    result = evaluate(args.model, tasks, limit=args.limit, teacher=args.teacher, max_new_tokens=args.max_new_tokens,
-                      seed=args.seed)
+    result = evaluate(args.model, tasks, limit=args.limit or 64, teacher=args.teacher,
+                      max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(format_table(result))
     if args.output:
         write_json(result, args.output)
         print(f"results: {args.output}")
+
+
+def cmd_eval_harness(args, tasks: list[str]) -> None:
+    """Benchmarks through lm-evaluation-harness: `--suite card|FILE` or `--tasks` that name harness tasks."""
+    if args.suite and tasks:
+        raise ConfigError("give --suite or --tasks, not both")
+    if args.teacher:
+        raise ConfigError("--teacher measures posttrain's own tasks (addition, repeat, chain), not harness tasks")
+    suite = load_suite(CARD_SUITE if args.suite == "card" else args.suite) if args.suite else task_suite(tasks)
+    model = Path(args.model)
+    output_dir = args.output_dir or (model.parent if model.name == "final" and (model.parent / "metrics.jsonl").exists()
+                                     else Path("runs") / "eval" / model.name)
+    size = suite.size(args.tensor_parallel, args.dtype, args.max_model_len)
+    batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    command = (f"posttrain eval --model {args.model} " + (f"--suite {args.suite}" if args.suite else f"--tasks {','.join(tasks)}")
+               + (f" --limit {args.limit}" if args.limit else ""))
+    evaluate_suite(suite, args.model, args.backend, size, output_dir, command,
+                   limit=args.limit, runs=args.runs, batch_size=batch, log_samples=args.log_samples,
+                   trust_remote_code=args.trust_remote_code, also=TASKS)
 
 
 def cmd_report(args) -> None:

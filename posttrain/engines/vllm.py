@@ -112,11 +112,22 @@ def _cpu_thread_binding(tensor_parallel: int) -> str:
 def start_engine(model_path: str, size: EngineSize, num_threads: int, trust_remote_code: bool, sleep_mode: bool,
                  gpu_memory_utilization: float, **kwargs):
     """An `LLM` sized by `size`, with CPU-only settings only on a CPU."""
+    args = engine_args(model_path, size, num_threads, trust_remote_code, sleep_mode, gpu_memory_utilization,
+                       worker_extension_cls=EXTENSION, **kwargs)
+    from vllm import LLM
+
+    return LLM(**args)
+
+
+def engine_args(model_path: str, size: EngineSize, num_threads: int, trust_remote_code: bool, sleep_mode: bool,
+                gpu_memory_utilization: float, **kwargs) -> dict:
+    """The keyword arguments of `LLM(...)` for an engine sized by `size` (also what `posttrain eval`'s
+    lm-evaluation-harness engine is built with, posttrain.eval.harness); sets the CPU engine's environment."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its per-engine INFO lines would bury the run's log
     _require_vllm()
     args = dict(model=model_path, trust_remote_code=trust_remote_code, seed=0, dtype=size.dtype or "auto",
                 tensor_parallel_size=size.tensor_parallel, max_logprobs=size.max_logprobs,
-                generation_config="vllm", worker_extension_cls=EXTENSION, **kwargs)
+                generation_config="vllm", **kwargs)
     if size.max_model_len:
         args["max_model_len"] = size.max_model_len
     if size.max_num_seqs:
@@ -135,9 +146,7 @@ def start_engine(model_path: str, size: EngineSize, num_threads: int, trust_remo
     else:  # several GPUs per engine: vLLM's own worker processes over the actor's GPUs (not Ray actors of its own)
         args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode,
                     distributed_executor_backend="mp" if size.tensor_parallel > 1 else None)
-    from vllm import LLM
-
-    return LLM(**args)
+    return args
 
 
 def _teacher_utilization(model_path: str, size: EngineSize, utilization: float, trust_remote_code: bool) -> float:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from posttrain.data.rows import DataError
+from posttrain.eval.suite import RESULT_JSON, markdown_table
 
 TIME_KEYS = ("rollout_s", "teacher_s", "train_s", "sync_s", "eval_s")
 
@@ -65,8 +66,23 @@ def write_report(run_dir: Path) -> Path:
     plots.time_split()
     plots.expert_load()
     page = run_dir / "report.md"
-    page.write_text(_markdown(run_dir, plots.steps, plots.figures, plots.missing, plots.is_opd), encoding="utf-8")
+    page.write_text(_markdown(run_dir, plots.steps, plots.figures, plots.missing, plots.is_opd) + _benchmarks(run_dir),
+                    encoding="utf-8")
     return page
+
+
+def _benchmarks(run_dir: Path) -> str:
+    """The benchmark table `posttrain eval --output-dir RUN_DIR` (or `--model RUN_DIR/final`) wrote, where there is one."""
+    path = run_dir / RESULT_JSON
+    if not path.exists():
+        return ""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        table = markdown_table(result)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"\n## Benchmarks\n\n{path.name} could not be read ({type(e).__name__}: {e}).\n"
+    return (f"\n## Benchmarks (lm-evaluation-harness)\n\n`{result.get('command', '')}` on {result.get('backend', '?')}"
+            + (f", at most {result['limit']} examples per task" if result.get("limit") else "") + f":\n\n{table}\n")
 
 
 class _Plots:
