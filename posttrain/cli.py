@@ -1,8 +1,9 @@
-"""`posttrain` command line: tiny | sft | opd | demo | eval | report | submit | plan."""
+"""`posttrain` command line: tiny | sft | opd | check | demo | eval | report | submit | plan."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from posttrain.stages.demo import run_demo
 from posttrain.stages.driver import NonFiniteError, RunDir, RunDirError
 from posttrain.stages.opd.checks import VocabularyMismatch
 from posttrain.stages.opd.loop import run_opd
+from posttrain.stages.opd.preflight import run_check
 from posttrain.stages.sft import run_sft
 from posttrain.submit import SubmitError, default_address, parse_env, submit
 
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_stage_args(sub.add_parser("sft", help="supervised fine-tuning with DeepSpeed ZeRO on Ray"), "sft")
     add_stage_args(sub.add_parser("opd", help="cascaded on-policy distillation: rollout, teacher scoring, reverse-KL "
                                               "training"), "opd")
+    add_stage_args(sub.add_parser("check", help="OPD's wiring measured on the run's own engines before it trains: "
+                                                "sampler vs trainer, self-distillation, teacher replicas, weight sync, "
+                                                "templates (posttrain opd's arguments)"), "opd")
 
     p = sub.add_parser("demo", help="the whole pipeline on the tiny offline models (a few minutes on a CPU)")
     p.add_argument("--output-dir", default="runs/demo", help="where both stages' runs go, replaced if there "
@@ -133,7 +138,13 @@ def cmd_sft(args) -> int:
 
 
 def cmd_opd(args) -> int:
-    return run_stage("opd", run_opd, args)
+    return run_stage("opd", functools.partial(run_opd, first_step_check=not args.no_check), args)
+
+
+def cmd_check(args) -> int:
+    cfg = stage_config("opd", args, pick_free_dir=False)
+    with ray_left_on_exit():
+        return run_check(cfg, args.ray_address, compare_backends=not args.no_backend_compare)
 
 
 def run_stage(stage: str, run, args) -> int:
@@ -222,7 +233,7 @@ def cmd_plan(args) -> int:
     return 0 if all(g["fits"] for g in result["groups"]) else 1  # a plan that does not fit fails a script's check
 
 
-COMMANDS = {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "demo": cmd_demo, "eval": cmd_eval, "report": cmd_report,
+COMMANDS = {"tiny": cmd_tiny, "sft": cmd_sft, "opd": cmd_opd, "check": cmd_check, "demo": cmd_demo, "eval": cmd_eval, "report": cmd_report,
             "submit": cmd_submit, "plan": cmd_plan}
 
 

@@ -16,6 +16,7 @@ from posttrain.engines.backends import backend
 from posttrain.engines.batching import shard
 from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Sample, Scores
+from posttrain.infra import faults
 from posttrain.infra.closing import Closing
 from posttrain.infra.cluster import Restarts, Share, call_all, release, reserve, spawn, torch_threads
 
@@ -125,6 +126,8 @@ class RolloutGroup(EngineGroup):
     def update_weights(self, workers: list | None = None):
         """The sender streams the current weights into every worker (or `workers`), one bucket at a time."""
         workers = self.workers if workers is None else workers
+        if faults.fires_on_call("stale_rollout"):  # the test fault: this sync does not happen (posttrain check)
+            return None
         with self.working(sleep_after=False):  # awake now: sampling comes next
             return self.sender(workers, call_all(workers, "node_id"))
 

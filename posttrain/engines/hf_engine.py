@@ -30,6 +30,15 @@ class HFEngine:
         self.model.to(self.device)
         self.asleep = False
 
+    def perturb(self, scale: float, seed: int = 0) -> None:
+        """Noise of `scale` x each tensor's standard deviation on every weight (the `posttrain check` test of
+        teacher replicas, which must then disagree)."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in self.model.parameters():
+                noise = torch.randn(param.shape, generator=generator) * scale * param.float().std().nan_to_num().cpu()
+                param.add_(noise.to(param.device, param.dtype))
+
     @staticmethod
     def node_id() -> str:
         """The Ray node this worker runs on (a weight sync reaches workers on the sender's node through /dev/shm)."""

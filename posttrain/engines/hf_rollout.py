@@ -16,6 +16,7 @@ from posttrain.engines.hf_engine import HFEngine
 from posttrain.engines.sampling import sample
 from posttrain.engines.sizing import EngineSize
 from posttrain.engines.types import Sample
+from posttrain.infra import faults
 from posttrain.infra.weight_buckets import load_tensors, received
 from posttrain.models.end_of_turn import end_of_turn_ids
 
@@ -70,6 +71,8 @@ class HFRolloutWorker(HFEngine):
         self._check_awake()
         cfg = self.cfg
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        # The `sampler_temperature` test fault: this call samples hotter than the config says (posttrain check).
+        temperature = cfg.temperature * (1.5 if not greedy and faults.fires_on_call("sampler_temperature") else 1.0)
         jobs = [(index, ids) for index, ids in prompts for _ in range(1 if greedy else cfg.samples_per_prompt)]
         samples: list[Sample] = [None] * len(jobs)  # type: ignore[list-item]  # in job order, whatever the batching
         for batch in length_sorted_batches([len(ids) for _, ids in jobs], cfg.batch_size):
@@ -81,7 +84,7 @@ class HFRolloutWorker(HFEngine):
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention_mask[row, width - len(ids):] = 1
             new_BN, logp_BN = sample(self.model, input_ids.to(self.device), attention_mask.to(self.device),
-                                     cfg.max_new_tokens, sorted(self.eos_ids), self.pad_id, temperature=cfg.temperature,
+                                     cfg.max_new_tokens, sorted(self.eos_ids), self.pad_id, temperature=temperature,
                                      top_p=cfg.top_p, greedy=greedy, generator=generator)
             for row, (index, _) in enumerate(chunk):
                 ids, logps = [], []

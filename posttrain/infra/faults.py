@@ -14,6 +14,12 @@ outside the tests — every hook is a dictionary lookup that answers no. The fau
   kill_rollout_worker:N            the driver kills a rollout actor while its N-th generate call is in flight
   kill_teacher_worker:N            the driver kills a teacher actor while its N-th score call is in flight
 
+What `posttrain check` must catch (tests/stages/opd/test_preflight.py), each breaking one thing it guards:
+  shift_teacher_input:1            the student-as-teacher scores with a one-token offset between prompt and response
+  sampler_temperature:N            an hf rollout worker's N-th sampling call runs at 1.5 x the temperature
+  perturb_teacher_replica:1        the last replica of the first teacher gets noise on its weights
+  stale_rollout:N                  the driver's N-th weight sync into the rollout engines is skipped
+
 A kill is real (SIGKILL / `ray.kill`), so what is tested is how the run survives, not a simulation of it.
 Each fault fires once per process. The variable is passed on to Ray actors (`cluster.spawn`).
 """
@@ -60,6 +66,12 @@ def kill_self(name: str, n: int) -> None:
     if fires(name, n):
         print(f"[fault] {name}:{n}: SIGKILL", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after_step(step: int) -> None:
+    """The faults a stage loop offers after step `step` is logged, before its checkpoint."""
+    kill_self("kill_after_step", step)
+    stall("stall_after_step", step)
 
 
 def stall(name: str, n: int, seconds: float = 120.0) -> None:

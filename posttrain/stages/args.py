@@ -32,6 +32,10 @@ def add_stage_args(p: argparse.ArgumentParser, stage: str) -> None:
         p.add_argument("--student", help="student model (default: the config's model.path, the SFT stage's final/)")
         p.add_argument("--teacher", action="append", default=[], metavar="PATH_OR_ID[:STEPS]",
                        help="a cascade stage; repeat for several, in order. Replaces the config's cascade")
+        p.add_argument("--no-check", action="store_true",
+                       help="opd: skip the first step's sampler-vs-trainer and static checks (logged as check/... with step 1)")
+        p.add_argument("--no-backend-compare", action="store_true",
+                       help="check: do not start the other teacher backend to compare with the configured one")
 
 
 def split_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

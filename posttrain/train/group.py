@@ -88,6 +88,18 @@ class TrainerGroup(Closing):
     def export_hf(self, output_dir: str) -> None:
         self._all("export_hf", output_dir)
 
+    def target_logprobs(self, batches: list[PackedBatch], names: tuple[str, ...]) -> list[dict]:
+        """The trainer's log-probs of the batches' targets with their `names` values (`TrainerWorker.target_logprobs`),
+        every rank's micro-batches, in one list."""
+        shards = distribute(batches, self.num_workers, self.pad_id)
+        with self.submitting:
+            refs = [w.target_logprobs.remote(shard, names) for w, shard in zip(self.workers, shards)]
+        return [part for rank in self._get(refs, "target_logprobs") for part in rank]
+
+    def perturb(self, scale: float, seed: int) -> None:
+        """Noise on every weight, alike on every rank (`TrainerWorker.perturb`)."""
+        self._all("perturb", scale, seed)
+
     def free_device_cache(self) -> None:
         """Every rank empties its CUDA cache (`TrainerWorker.free_device_cache`)."""
         self._all("free_device_cache")

@@ -296,6 +296,48 @@ class TrainerWorker:
             return None
         return send_weights(named, receivers, nodes, ray.get_runtime_context().get_node_id(), bucket_mb)
 
+    @torch.no_grad()
+    def target_logprobs(self, micro_batches: list[PackedBatch], names: tuple[str, ...]) -> list[dict]:
+        """`posttrain check`: the trainer's log-probs of each micro-batch's targets (what the loss reads as
+        log π_θ), with the batch's `names` values at the same positions; no update. Every rank must call
+        (under ZeRO-3 the forward and the head are collectives)."""
+        self.engine.eval()
+        out = []
+        for batch in micro_batches:
+            batch = batch.to(self.device)
+            hidden_TH, _ = self._forward(batch)
+            mask_T = batch.labels != IGNORE
+            collected = []
+
+            def probe(logits_NV, targets_N, cfg=None):  # the chunked head's logits, read instead of a loss
+                collected.append(torch.log_softmax(logits_NV.float(), -1).gather(-1, targets_N[:, None])[:, 0])
+                return logits_NV.new_zeros(targets_N.shape, dtype=torch.float32)
+
+            self._token_loss(hidden_TH[mask_T], batch.labels[mask_T], Loss(probe), None, {})
+            trainer_N = torch.cat(collected).cpu() if collected else torch.zeros(0)
+            out.append({"trainer": trainer_N, **{n: batch.extras[n][mask_T].float().cpu() for n in names}})
+        self.engine.train()
+        return out
+
+    def perturb(self, scale: float, seed: int) -> None:
+        """`posttrain check`: add noise of `scale` x each tensor's standard deviation to every weight, alike on
+        every rank (one seed; under ZeRO-3 each module gathered, changed on rank 0 and partitioned again)."""
+        import contextlib
+
+        zero3 = bool(self.engine.zero_optimization_partition_weights())
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in self.engine.module.parameters():
+                if zero3:
+                    import deepspeed
+
+                    gathered = deepspeed.zero.GatheredParameters([param], modifier_rank=0)
+                else:
+                    gathered = contextlib.nullcontext()
+                with gathered:
+                    noise = torch.randn(param.shape, generator=generator) * scale * param.float().std().nan_to_num().cpu()
+                    param.add_(noise.to(param.device, param.dtype))
+
     def free_device_cache(self) -> None:
         """Colocated, before an engine wakes or starts on this device: hand back the blocks torch's caching
         allocator keeps (vLLM's start and wake-up read the device's free memory, not torch's)."""

@@ -17,6 +17,7 @@ from posttrain.infra.stopping import StopSignals
 from posttrain.stages.contract import finished_already, prepare_run
 from posttrain.stages.driver import NonFinite, RunDir, Schedule, releases_output_dir, start_ray
 from posttrain.stages.opd.checks import check_opd
+from posttrain.stages.opd.preflight import Check, FirstStepCheck
 from posttrain.stages.opd.step import opd_step
 from posttrain.stages.opd.workers import OPDWorkers
 
@@ -56,7 +57,7 @@ def evaluation(workers: OPDWorkers, tokenizer, eval_examples: list, step: int) -
 
 @releases_output_dir
 def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_address: str | None = None,
-            accept: tuple[str, ...] = ()) -> Path:
+            accept: tuple[str, ...] = (), first_step_check: bool = True) -> Path:
     run = RunDir(cfg.output_dir)
     if finished_already(run, cfg, "opd", resume, sum(stage.steps for stage in cfg.teachers), accept):
         return run.path / "final"  # said before any model or Ray work
@@ -77,9 +78,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     with StopSignals("opd") as stop, OPDWorkers(cfg, total_steps, tokenizer.pad_token_id) as workers:
         run.write_placement(workers.placement_record())
         if found is not None:
-            workers.resume(run, found[0])
-            print(f"[opd] resumed from {found[0]} (step {state['step']}, teacher {state['cascade_index'] + 1}, "
-                  f"{state['cursor']} prompts consumed)", flush=True)
+            workers.resume(run, found[0], state)
         # The prompt ids each step trained on: a resumed or fault-hit run can be checked against an undisturbed one.
         with RunLog(run.path, cfg.logging, total_steps, start_step=state["step"], desc="opd",
                     run_config=to_dict(cfg)) as log, \
@@ -96,20 +95,21 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                     workers.ahead.prepare(step, batch, teacher, cfg)
                     if not schedule.drains(step):
                         workers.ahead.prepare(step + 1, prompts.batch(state["cursor"] + per_step, per_step), teacher, cfg)
+                source = samples_source(workers, cfg, batch, teacher, step, first_step_check)  # step 1: checks 2, 5
                 try:
-                    result = opd_step(step, batch, workers.rollout, teacher, workers.trainer, cfg, workers.ahead)
+                    result = opd_step(step, batch, workers.rollout, teacher, workers.trainer, cfg, source)
                 except WorkerFailure as e:
                     workers.save_after_failure(run, state)
                     raise WorkerFailure(f"step {step}: {e}; {run.resume_hint()}") from None
                 state.update(step=step, cursor=state["cursor"] + per_step, cascade_index=index, stage_step=stage_step)
                 record = {"step": step, "stage": index + 1, "teacher": cfg.teachers[index].path, "stage_step": stage_step,
-                          **result.metrics(), **nonfinite.note(state, result.skipped)}
+                          **result.metrics(), **nonfinite.note(state, result.skipped),
+                          **getattr(source, "check_metrics", {})}
                 if eval_examples and schedule.evaluates(step):
                     record.update(evaluation(workers, tokenizer, eval_examples, step))
                 log.log(record)
                 consumed.log({"step": step, "prompt_ids": [p.id for p in batch]})
-                faults.kill_self("kill_after_step", step)
-                faults.stall("stall_after_step", step)
+                faults.after_step(step)
                 too_many = nonfinite.too_many(state)
                 if schedule.saves(step, nonfinite=too_many) or stop.requested:
                     workers.save(run, state)
@@ -124,3 +124,12 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
     print(f"[opd] done: metrics {run.path / 'metrics.jsonl'}, checkpoints {run.checkpoints}, model {run.path / 'final'}",
           flush=True)
     return run.path / "final"
+
+
+def samples_source(workers, cfg: OPDConfig, batch, teacher, step: int, check: bool):
+    """Where a step takes its samples (`opd_step`'s `ahead`): step 1's go through checks 2 and 5 first (the
+    static checks passed in `check_opd`); their numbers join step 1's record as `check/...`."""
+    if not (check and step == 1):
+        return workers.ahead
+    return FirstStepCheck(workers, cfg, batch, teacher, Check("static", {}, "", True))
+

@@ -74,10 +74,12 @@ class OPDWorkers(Closing):
             self.teacher_index = index
         return self.teacher
 
-    def resume(self, run: RunDir, checkpoint_dir) -> None:
+    def resume(self, run: RunDir, checkpoint_dir, state: dict) -> None:
         """The trainer from its checkpoint, and the rollout engines synced to it."""
         self.trainer.load_checkpoint(str(run.checkpoints), checkpoint_dir.name)
         self.rollout.update_weights()
+        print(f"[opd] resumed from {checkpoint_dir} (step {state['step']}, teacher {state['cascade_index'] + 1}, "
+              f"{state['cursor']} prompts consumed)", flush=True)
         if caveat := resume_caveat(self.cfg):
             print(f"[opd] note: {caveat}", flush=True)
 

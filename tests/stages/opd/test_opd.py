@@ -48,6 +48,9 @@ def test_opd_cascade_lowers_the_reverse_kl_in_each_stage(tiny_models, sft_run, t
     baseline, *rows = records(out)
     assert baseline["step"] == 0 and "eval/addition" in baseline  # the student before any OPD step
     assert [r["stage"] for r in rows] == [1] * steps[0] + [2] * steps[1]
+    # posttrain check's cheap subset on step 1's own samples, before they trained (issue 25): sampler vs trainer, static
+    assert rows[0]["check/sampler_trainer_pass"] and rows[0]["check/static_pass"]
+    assert rows[0]["check/sampler_trainer_mean_abs"] < 1e-4 and not any("check/sampler_trainer_pass" in r for r in rows[1:])
     assert rows[0]["teacher"].endswith("teacher-moe") and rows[-1]["teacher"].endswith("teacher-next")
     for stage in (1, 2):
         kl = [r["reverse_kl"] for r in rows if r["stage"] == stage]
