@@ -131,8 +131,11 @@ def print_tables(layers, attention, losses, args) -> None:
 def verdicts(layers, attention, losses, smoke: bool) -> list[tuple[str, str, str]]:
     """(check, verdict, why): what the run says about the paths that only a GPU exercises. A smoke run's
     comparisons are toy-sized and unwarmed: only whether the code ran is a verdict there."""
+
+    def judged(good: bool, bad: str = "FAIL") -> str:
+        return "n/a (smoke)" if smoke else "ok" if good else bad
+
     out = []
-    judged = (lambda good: "n/a (smoke)") if smoke else (lambda good: "ok" if good else "FAIL")
     for r in layers:
         out.append((f"experts '{r['impl']}' bf16 forward + backward", "FAIL" if "failed" in r else "ok",
                     r.get("failed", f"{r.get('tokens_per_s', 0):,.0f} tokens/s")))
@@ -142,11 +145,10 @@ def verdicts(layers, attention, losses, smoke: bool) -> list[tuple[str, str, str
             out.append((f"attention '{r['attention']}'", "FAIL", r["failed"]))
     if "sdpa_packed" in speed and "sdpa" in speed:
         ratio = speed["sdpa_packed"] / speed["sdpa"]
-        out.append(("sdpa_packed against sdpa", "n/a (smoke)" if smoke else "ok" if ratio >= 1 else "slower", f"{ratio:.2f}x"))
+        out.append(("sdpa_packed against sdpa", judged(ratio >= 1, "slower"), f"{ratio:.2f}x"))
     if "sdpa_packed" in speed and "sdpa_packed (plan per layer)" in speed:
         ratio = speed["sdpa_packed"] / speed["sdpa_packed (plan per layer)"]
-        out.append(("sdpa_packed plan once per forward vs per layer",
-                    "n/a (smoke)" if smoke else "ok" if ratio >= 0.97 else "slower", f"{ratio:.2f}x"))
+        out.append(("sdpa_packed plan once per forward vs per layer", judged(ratio >= 0.97, "slower"), f"{ratio:.2f}x"))
     for r in losses:
         best = min(r["after"], r["in_place"])
         out.append((f"chunked loss peak at {r['tokens']:,} tokens", judged(best < r["before"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.infra.runlog import quiet_library_progress
+from posttrain.models.params import add_relative_noise_
 
 
 class HFEngine:
@@ -36,8 +37,7 @@ class HFEngine:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for param in self.model.parameters():
-                noise = torch.randn(param.shape, generator=generator) * scale * param.float().std().nan_to_num().cpu()
-                param.add_(noise.to(param.device, param.dtype))
+                add_relative_noise_(param, scale, generator)
 
     @staticmethod
     def node_id() -> str:

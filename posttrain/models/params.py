@@ -1,4 +1,5 @@
-"""Parameter counts, total and active per token, on the meta device (no memory, no weights)."""
+"""Parameters: counts, total and active per token, on the meta device (no memory, no weights); and the relative
+noise `posttrain check` adds to them."""
 
 from __future__ import annotations
 
@@ -34,3 +35,12 @@ def train_flops_per_token(config, seq_len: int) -> float:
     head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len / 2
     return 6 * active_matmul + attention
+
+
+def add_relative_noise_(param: torch.Tensor, scale: float, generator: torch.Generator) -> None:
+    """In place: Gaussian noise of `scale` x the tensor's own standard deviation (`posttrain check` perturbs the
+    trainer's weights, and in its test a teacher replica's, with it). Drawn on the host from `generator`, so every
+    rank and process that shares the seed draws the same noise."""
+    noise = torch.randn(param.shape, generator=generator) * scale * param.float().std().nan_to_num().cpu()
+    param.add_(noise.to(param.device, param.dtype))
+

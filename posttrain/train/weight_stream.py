@@ -26,11 +26,13 @@ from posttrain.train.lora import adapter_delta, base_name, is_adapter
 
 
 @contextlib.contextmanager
-def _gathered(params: list, zero3: bool):
+def gathered(params: list, zero3: bool, modifier_rank: int | None = None):
+    """Under ZeRO-3, `params` whole on every rank for the block (a collective); with `modifier_rank`, that
+    rank's changes are partitioned back afterwards. Otherwise nothing to do."""
     if zero3 and params:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
             yield
     else:
         yield
@@ -69,7 +71,7 @@ def named_weights(module: torch.nn.Module, zero3: bool, lora: bool) -> Iterator[
     """
     for prefix, sub, named, whole in _units(module, lora):
         params = list(sub.parameters()) if whole else [t for _, t in named if isinstance(t, torch.nn.Parameter)]
-        with _gathered(params, zero3), torch.no_grad():
+        with gathered(params, zero3), torch.no_grad():
             deltas = _lora_deltas(prefix, sub) if whole else {}
             for name, tensor in named:
                 key = base_name(name)

@@ -25,12 +25,13 @@ from posttrain.losses.chunked import (LossTotals, chunked_loss, decoder_and_head
 from posttrain.losses.router import expert_counts, load_balancing_loss
 from posttrain.models.chat_format import donor_generation_config, export_tokenizer
 from posttrain.models.packed_attention import register
+from posttrain.models.params import add_relative_noise_
 from posttrain.train.deepspeed_setup import (collective_device, deepspeed_config, init_distributed, make_optimizer,
                                              make_schedule, sparse_moe_block_classes)
 from posttrain.train.lora import apply_lora, merged_state_dict
 from posttrain.train.nccl_sync import NCCLSender
 from posttrain.train.results import LossSums, RankStep
-from posttrain.train.weight_stream import SyncStats, drain, named_weights, send_weights
+from posttrain.train.weight_stream import SyncStats, drain, gathered, named_weights, send_weights
 
 
 def free_port() -> int:
@@ -322,21 +323,12 @@ class TrainerWorker:
     def perturb(self, scale: float, seed: int) -> None:
         """`posttrain check`: add noise of `scale` x each tensor's standard deviation to every weight, alike on
         every rank (one seed; under ZeRO-3 each module gathered, changed on rank 0 and partitioned again)."""
-        import contextlib
-
         zero3 = bool(self.engine.zero_optimization_partition_weights())
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for param in self.engine.module.parameters():
-                if zero3:
-                    import deepspeed
-
-                    gathered = deepspeed.zero.GatheredParameters([param], modifier_rank=0)
-                else:
-                    gathered = contextlib.nullcontext()
-                with gathered:
-                    noise = torch.randn(param.shape, generator=generator) * scale * param.float().std().nan_to_num().cpu()
-                    param.add_(noise.to(param.device, param.dtype))
+                with gathered([param], zero3, modifier_rank=0):
+                    add_relative_noise_(param, scale, generator)
 
     def free_device_cache(self) -> None:
         """Colocated, before an engine wakes or starts on this device: hand back the blocks torch's caching

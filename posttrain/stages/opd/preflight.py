@@ -18,14 +18,14 @@ its own prompts and measures one number against a tolerance set by the dtype:
 5. the static checks (template, end-of-turn ids, vocabulary and padding: `stages.opd.checks`).
 
 `posttrain opd` runs 2 and 5 on its first step's own samples, before it trains on them, and logs the
-numbers with step 1's record (`check/...`; `FirstStepCheck`; `--no-check` turns it off). Written by hand: none of those projects checks this
-before training (the closest is an unmerged self-test in one of them).
+numbers with step 1's record (`check/...`; `FirstStepCheck`; `--no-check` turns it off). Written by hand:
+none of those projects checks this before training (the closest is an unmerged self-test in one of them).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,12 +37,12 @@ from posttrain.data.packing import pack
 from posttrain.data.prompts import OPDPrompts, Prompt
 from posttrain.engines.backends import BACKENDS
 from posttrain.engines.group import TeacherGroup
-from posttrain.engines.sizing import teacher_size
+from posttrain.engines.sizing import teacher_size, trainer_dtype
 from posttrain.engines.vllm import cpu_problem
 from posttrain.infra import faults
 from posttrain.stages.driver import start_ray
 from posttrain.stages.opd.checks import TeacherMismatch, check_opd
-from posttrain.stages.opd.step import Generated, generate_and_score
+from posttrain.stages.opd.step import Generated, draw_samples, generate_and_score, sequences
 from posttrain.stages.opd.workers import OPDWorkers
 
 # Per dtype: (mean |Δ log p| per token, max |Δ log p|) two correct paths stay within. float32: the same
@@ -83,7 +83,7 @@ class Check:
 
 def tolerance(cfg: OPDConfig) -> tuple[float, float]:
     """The looser of the dtypes any side computes in (the trainer's, the rollout's, the teacher's)."""
-    dtypes = {cfg.model.dtype, cfg.teacher.dtype, "bfloat16" if cfg.deepspeed.bf16 else cfg.model.dtype}
+    dtypes = {cfg.model.dtype, cfg.teacher.dtype, trainer_dtype(cfg)}
     return TOLERANCES["bfloat16" if "bfloat16" in dtypes else "float32"]
 
 
@@ -96,6 +96,10 @@ def gaps(a_N: torch.Tensor, b_N: torch.Tensor) -> dict:
 
 def within(measured: dict, tol: tuple[float, float]) -> bool:
     return measured["mean_abs"] <= tol[0] and measured["max_abs"] <= tol[1]
+
+
+def limits(tol: tuple[float, float]) -> str:
+    return f"mean <= {tol[0]:g}, max <= {tol[1]:g}"
 
 
 def recompute(trainer, prompts: list[Prompt], got: Generated, cfg: OPDConfig, **extra) -> dict[str, torch.Tensor]:
@@ -113,36 +117,36 @@ def recompute(trainer, prompts: list[Prompt], got: Generated, cfg: OPDConfig, **
 
 def sampler_vs_trainer(tokens: dict[str, torch.Tensor], tol) -> Check:
     measured = gaps(tokens["trainer"], tokens["sampler_logprobs"])
-    return Check("sampler_vs_trainer", measured, f"mean <= {tol[0]:g}, max <= {tol[1]:g}", within(measured, tol))
+    return Check("sampler_vs_trainer", measured, limits(tol), within(measured, tol))
 
 
 def self_distillation(workers, cfg: OPDConfig, prompts, got: Generated, tol) -> Check:
     """The student through the teacher path (the configured teacher backend and dtype) against the trainer."""
     student = TeacherGroup(cfg.model.path, cfg.teacher, cfg.model.trust_remote_code,
                            share=workers.colocation and workers.colocation.teacher, size=teacher_size(cfg))
-    sequences = [(prompts[s.prompt_index].input_ids, s.response_ids) for s in got.samples]
+    scored = sequences(prompts, got.samples)
     if faults.fires("shift_teacher_input", 1):  # the test fault: the teacher path sees the boundary one token late
-        sequences = [(p + r[:1], r[1:] + r[-1:]) for p, r in sequences]
+        scored = [(p + r[:1], r[1:] + r[-1:]) for p, r in scored]
     try:
-        scores = student.score(sequences)
+        scores = student.score(scored)
     finally:
         student.close()
     tokens = recompute(workers.trainer, prompts, got, cfg, self_teacher=[s.logprobs for s in scores])
     measured = gaps(tokens["trainer"], tokens["self_teacher"])
     measured["reverse_kl"] = float((tokens["trainer"] - tokens["self_teacher"]).double().mean())
-    return Check("self_distillation", measured, f"mean <= {tol[0]:g}, max <= {tol[1]:g}", within(measured, tol))
+    return Check("self_distillation", measured, limits(tol), within(measured, tol))
 
 
 def teacher_replicas(workers, cfg: OPDConfig, prompts, got: Generated, tol, compare_backends: bool) -> Check:
     """Every replica of the first teacher scores the same sequences; where the other backend runs too, it as well."""
     import ray
 
-    sequences = [(prompts[s.prompt_index].input_ids, s.response_ids) for s in got.samples]
+    scored = sequences(prompts, got.samples)
     teacher = workers.teacher_for(0)
     if faults.fires("perturb_teacher_replica", 1) and len(teacher.workers) > 1:  # the break-it test's fault
         ray.get(teacher.workers[-1].perturb.remote(0.05))
     with teacher.working():
-        per_replica = ray.get([w.score.remote(sequences) for w in teacher.workers])
+        per_replica = ray.get([w.score.remote(scored) for w in teacher.workers])
     reference = torch.cat([s.logprobs for s in per_replica[0]])
     compared = {f"replica {i}": torch.cat([s.logprobs for s in scores]) for i, scores in enumerate(per_replica) if i}
     other = other_backend(cfg) if compare_backends else ""
@@ -152,31 +156,33 @@ def teacher_replicas(workers, cfg: OPDConfig, prompts, got: Generated, tol, comp
         group = TeacherGroup(cfg.teachers[0].path, cfg.teacher, cfg.model.trust_remote_code,
                              size=teacher_size(cfg), backend_name=other)
         try:
-            compared[f"backend {other}"] = torch.cat([s.logprobs for s in group.score(sequences)])
+            compared[f"backend {other}"] = torch.cat([s.logprobs for s in group.score(scored)])
         finally:
             group.close()
     if not compared:
         return Check("teacher_replicas", {"replicas": 1, "note": "one replica and one backend: nothing to compare"},
-                     f"mean <= {tol[0]:g}, max <= {tol[1]:g}", True)
+                     limits(tol), True)
     per = {name: gaps(values, reference) for name, values in compared.items()}
     worst = max(per.values(), key=lambda m: m["max_abs"])
     measured = {"replicas": len(per_replica), **worst, "worst": max(per, key=lambda n: per[n]["max_abs"])}
-    return Check("teacher_replicas", measured, f"mean <= {tol[0]:g}, max <= {tol[1]:g}",
+    return Check("teacher_replicas", measured, limits(tol),
                  all(within(m, tol) for m in per.values()))
 
 
 def other_backend(cfg: OPDConfig) -> str:
     """The teacher backend besides the configured one that can run here ('' where none)."""
-    import importlib.util
-
     configured = cfg.teachers[0].backend or cfg.teacher.backend
-    for name in BACKENDS:
-        if name != configured and (name != "vllm" or importlib.util.find_spec("vllm") is not None):
-            if name == "vllm" and not cfg.teacher.gpus_per_worker:
-                if cpu_problem(cfg.teachers[0].path, cfg.teacher.dtype, cfg.model.trust_remote_code):
-                    continue
-            return name
-    return ""
+    return next((name for name in BACKENDS if name != configured and runs_here(name, cfg)), "")
+
+
+def runs_here(backend: str, cfg: OPDConfig) -> bool:
+    """vLLM: installed, and on a CPU able to run the first teacher (`engines.vllm.cpu_problem`); hf: always."""
+    if backend != "vllm":
+        return True
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    return bool(cfg.teacher.gpus_per_worker) or not cpu_problem(cfg.teachers[0].path, cfg.teacher.dtype,
+                                                                cfg.model.trust_remote_code)
 
 
 def after_sync(workers, cfg: OPDConfig, prompts, before: dict[str, torch.Tensor], first: Generated, tol) -> Check:
@@ -184,17 +190,12 @@ def after_sync(workers, cfg: OPDConfig, prompts, before: dict[str, torch.Tensor]
     workers.trainer.perturb(PERTURBATION, seed=cfg.trainer.seed)
     moved = gaps(recompute(workers.trainer, prompts, first, cfg)["trainer"], before["trainer"])["mean_abs"]
     workers.rollout.update_weights()
-    got = generate_and_score_rollout(workers, prompts, cfg, step=2)
-    measured = {**gaps(*(lambda t: (t["trainer"], t["sampler_logprobs"]))(recompute(workers.trainer, prompts, got, cfg))),
-                "perturbation_moved": moved}
+    again = Generated(draw_samples(2, prompts, workers.rollout, cfg), [], 0.0, 0.0)
+    tokens = recompute(workers.trainer, prompts, again, cfg)
+    measured = {**gaps(tokens["trainer"], tokens["sampler_logprobs"]), "perturbation_moved": moved}
     # The check means something only if the perturbation moved the log-probs well past the tolerance.
-    return Check("after_sync", measured, f"mean <= {tol[0]:g}, max <= {tol[1]:g}; moved > {3 * tol[0]:g}",
+    return Check("after_sync", measured, f"{limits(tol)}; moved > {3 * tol[0]:g}",
                  within(measured, tol) and moved > 3 * tol[0])
-
-
-def generate_and_score_rollout(workers, prompts, cfg: OPDConfig, step: int) -> Generated:
-    samples = workers.rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
-    return Generated(samples, [], 0.0, 0.0)
 
 
 def run_checks(workers, cfg: OPDConfig, prompts: list[Prompt], static: Check, compare_backends: bool = True) -> list[Check]:
@@ -225,7 +226,7 @@ def write(checks: list[Check], output_dir: Path, seconds: float) -> Path:
     path = output_dir / "check.json"
     record = {"passed": all(c.passed is not False for c in checks), "seconds": round(seconds, 1),
               "checks": [{**asdict(c), "verdict": c.verdict, "meaning": MEANINGS[c.name]} for c in checks]}
-    path.write_text(json.dumps(record, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    path.write_text(json.dumps(record, indent=2))
     return path
 
 

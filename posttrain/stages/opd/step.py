@@ -77,11 +77,21 @@ def generate_and_score(step: int, prompts: list[Prompt], rollout: RolloutGroup, 
     """Stages 1 and 2 of a step: sample, then score the samples."""
     timer = time.perf_counter()
     # 1. Rollout: samples_per_prompt responses per prompt from the current student, with the sampler's log-probs.
-    samples = rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
+    samples = draw_samples(step, prompts, rollout, cfg)
     rollout_s, timer = time.perf_counter() - timer, time.perf_counter()
     # 2. Score: the teacher's log-probs (temperature 1) of exactly those tokens.
-    scores = teacher.score([(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples], topk=teacher_topk(cfg))
+    scores = teacher.score(sequences(prompts, samples), topk=teacher_topk(cfg))
     return Generated(samples, scores, rollout_s, time.perf_counter() - timer)
+
+
+def draw_samples(step: int, prompts: list[Prompt], rollout: RolloutGroup, cfg: OPDConfig) -> list[Sample]:
+    """Step `step`'s samples of `prompts` (its seed: the run's seed and the step)."""
+    return rollout.generate([p.input_ids for p in prompts], seed=cfg.trainer.seed * 1_000_003 + step)
+
+
+def sequences(prompts: list[Prompt], samples: list[Sample]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of each sample: what a teacher scores."""
+    return [(prompts[s.prompt_index].input_ids, s.response_ids) for s in samples]
 
 
 def opd_step(step: int, prompts: list[Prompt], rollout: RolloutGroup, teacher: TeacherGroup, trainer: TrainerGroup,
