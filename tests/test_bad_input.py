@@ -278,7 +278,10 @@ def test_sft_stops_cleanly_on_kill_sigint_sigterm_and_a_second_ctrl_c_and_resume
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4]  # logged, then killed before the commit
 
     for signum, status, step in ((signal.SIGINT, 130, 3), (signal.SIGTERM, 143, 4)):
-        stopped = run_cli([*args, "--resume"], then=signal_when("[sft] resumed from", signum, group=signum == signal.SIGINT))
+        # The run waits after that step until the signal has come: however late a loaded machine sends it, the
+        # run stops after exactly that step (a race CI lost: the signal came a step late).
+        stopped = run_cli([*args, "--resume"], fault=f"pause_after_step:{step}",
+                          then=signal_when(f"[fault] pause_after_step:{step}", signum, group=signum == signal.SIGINT))
         name = signal.Signals(signum).name
         assert stopped.returncode == status, stopped.stderr[-3000:]
         assert f"posttrain sft: stopped by {name} after step {step}; checkpoint {out}/checkpoints/step_0000000{step} " \
@@ -311,10 +314,10 @@ def test_opd_stops_cleanly_on_sigint_and_sigterm_and_resumes_exactly(tiny_models
     status, text = cli(capsys, *[a.replace(":2", ":abc") for a in args])
     assert status == 2 and "the step count 'abc' is not a whole number" in text
 
-    first = run_cli(args, then=signal_when("[opd] teacher 1/2", signal.SIGINT, group=True))
+    first = run_cli(args, fault="pause_after_step:1", then=signal_when("[fault] pause_after_step:1", signal.SIGINT, group=True))
     assert first.returncode == 130 and f"stopped by SIGINT after step 1; checkpoint {out}/checkpoints/step_00000001" \
         in first.stderr, first.stderr[-3000:]
-    second = run_cli([*args, "--resume"], then=signal_when("[opd] resumed from", signal.SIGTERM))
+    second = run_cli([*args, "--resume"], fault="pause_after_step:2", then=signal_when("[fault] pause_after_step:2", signal.SIGTERM))
     assert second.returncode == 143 and "stopped by SIGTERM after step 2" in second.stderr, second.stderr[-3000:]
     assert "Traceback" not in first.stderr + second.stderr
     # SIGKILL while the last checkpoint (step 5) is half written: --resume goes on from step 3 (second teacher).

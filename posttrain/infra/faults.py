@@ -6,6 +6,9 @@ outside the tests — every hook is a dictionary lookup that answers no. The fau
   kill_after_step:N                SIGKILL the driver after step N is trained and logged, before its checkpoint
   stall_after_step:N               the driver sleeps (up to 120 s) after step N is logged, before its checkpoint:
                                    a slow step, so that a test's signal lands inside it on any machine
+  pause_after_step:N               the driver waits (up to 120 s) after step N is logged until a stop is
+                                   requested: a signal sent once it says so stops the run after step N exactly,
+                                   however late the signal comes (a loaded machine trains more steps meanwhile)
   kill_during_checkpoint_write:N   SIGKILL the driver while checkpoint N is half written (workers' files
                                    on disk, no manifest, not committed)
   enospc_during_checkpoint_write:N the same moment raises OSError(ENOSPC), as a full disk does
@@ -30,6 +33,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 
 ENV = "POSTTRAIN_FAULT"
 _fired: set[tuple[str, int]] = set()
@@ -68,10 +72,15 @@ def kill_self(name: str, n: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def after_step(step: int) -> None:
+def after_step(step: int, stop_requested: Callable[[], bool] = lambda: False) -> None:
     """The faults a stage loop offers after step `step` is logged, before its checkpoint."""
     kill_self("kill_after_step", step)
     stall("stall_after_step", step)
+    if fires("pause_after_step", step):
+        print(f"[fault] pause_after_step:{step}: waiting for a stop request", flush=True)
+        deadline = time.monotonic() + 120.0
+        while not stop_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def stall(name: str, n: int, seconds: float = 120.0) -> None:

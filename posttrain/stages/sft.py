@@ -65,7 +65,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False, ray_a
                 state.update(step=step, cursor=state["cursor"] + cfg.trainer.global_batch_size)
                 skipped = nonfinite.note(state, result.skipped)
                 log.log({**_sft_record(step, result, time.perf_counter() - started, flops_per_token, cfg), **skipped})
-                faults.after_step(step)
+                faults.after_step(step, lambda: stop.requested)
                 too_many = nonfinite.too_many(state)
                 if schedule.saves(step, nonfinite=too_many) or stop.requested:
                     run.save(lambda tag: group.save_checkpoint(str(run.checkpoints), tag), state, keep=cfg.checkpoint.keep)

@@ -109,7 +109,7 @@ def run_opd(cfg: OPDConfig, resume: bool = False, overwrite: bool = False, ray_a
                     record.update(evaluation(workers, tokenizer, eval_examples, step))
                 log.log(record)
                 consumed.log({"step": step, "prompt_ids": [p.id for p in batch]})
-                faults.after_step(step)
+                faults.after_step(step, lambda: stop.requested)
                 too_many = nonfinite.too_many(state)
                 if schedule.saves(step, nonfinite=too_many) or stop.requested:
                     workers.save(run, state)
