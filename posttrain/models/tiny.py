@@ -49,21 +49,29 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-TOKENIZER_CORPUS = ["data_mixtures/sft_tiny.yaml", "data_mixtures/opd_tiny.yaml"]
+TOKENIZER_CORPUS = ["data_mixtures/sft_tiny.yaml", "data_mixtures/opd_tiny_card.yaml"]
 VOCAB_SIZE = 4096
 MODEL_NAMES = ("student", "teacher-moe", "teacher-next")
-WARM_UP_STEPS = {"student": 0, "teacher-moe": 80, "teacher-next": 200}
+WARM_UP_STEPS = {"student": 0, "teacher-moe": 250, "teacher-next": 400}
 WARM_UP_BATCH = 32
 WARM_UP_LR = 3e-3
+# Of each warm-up batch, this share is drawn from the verifiable tasks' train split (the SFT mixture's `tasks`
+# source), the rest from the whole SFT mixture: the teachers are then clearly better than the SFT'd student on
+# the held-out addition the demo measures (teacher-moe 0.79, teacher-next 0.87, the student 0.14 after SFT;
+# 2026-12-05), as the card's teachers are where its student is weak. Drawn uniformly, 80/200 steps left the
+# first teacher no better than the student (0.09 both).
+WARM_UP_TASK_SHARE = 0.75
 
 
-def _sft_conversations() -> list[list[dict]]:
+def _sft_conversations(source_name: str | None = None) -> list[list[dict]]:
     spec = load_mixture_spec(resolve_path(TOKENIZER_CORPUS[0]))
-    return [row["messages"] for source in spec.sources for row in read_source_rows(source)]
+    return [row["messages"] for source in spec.sources if source_name in (None, source.name)
+            for row in read_source_rows(source)]
 
 
 def warm_up(model, tokenizer, steps: int, seed: int) -> float:
-    """Train `model` for `steps` AdamW steps on the shipped SFT conversations (assistant tokens only).
+    """Train `model` for `steps` AdamW steps on the shipped SFT conversations (assistant tokens only),
+    `WARM_UP_TASK_SHARE` of each batch from the tasks' train split.
 
     Written by hand rather than through the SFT stage so that `posttrain tiny` needs neither Ray nor
     DeepSpeed and takes about a minute. Right-padded batches with an attention mask, not packing:
@@ -71,24 +79,28 @@ def warm_up(model, tokenizer, steps: int, seed: int) -> float:
     Returns the last step's loss.
     """
     examples = [tokenize_conversation(tokenizer, m) for m in _sft_conversations()]
-    # CPU kernels reduce in a thread-count-dependent order; one thread makes the build bit-exact
-    # from the seed (and costs little at this size).
+    tasks = [tokenize_conversation(tokenizer, m) for m in _sft_conversations("tasks")]
+    # CPU kernels reduce in a thread-count-dependent order, and with two threads not even the same order twice
+    # (measured: two builds, two sets of weights); one thread makes the build bit-exact from the seed. It is most
+    # of a fresh demo's time (~2.5 of its ~4 minutes); two threads would save a quarter of that.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _warm_up_loop(model, tokenizer, examples, steps, seed)
+        return _warm_up_loop(model, tokenizer, examples, tasks, steps, seed)
     finally:
         torch.set_num_threads(threads)
         model.eval()
 
 
-def _warm_up_loop(model, tokenizer, examples, steps: int, seed: int) -> float:
+def _warm_up_loop(model, tokenizer, examples, tasks, steps: int, seed: int) -> float:
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=WARM_UP_LR, weight_decay=0.0)
     model.train()
     loss = torch.tensor(float("nan"))
+    from_tasks = round(WARM_UP_BATCH * WARM_UP_TASK_SHARE)
     for step in range(steps):
-        batch = [examples[i] for i in torch.randint(len(examples), (WARM_UP_BATCH,), generator=generator).tolist()]
+        batch = ([tasks[i] for i in torch.randint(len(tasks), (from_tasks,), generator=generator).tolist()] +
+                 [examples[i] for i in torch.randint(len(examples), (WARM_UP_BATCH - from_tasks,), generator=generator).tolist()])
         width = max(len(e.input_ids) for e in batch)
         input_ids_BT = torch.full((len(batch), width), tokenizer.pad_token_id)
         attention_mask_BT = torch.zeros((len(batch), width), dtype=torch.long)
@@ -110,9 +122,12 @@ def _warm_up_loop(model, tokenizer, examples, steps: int, seed: int) -> float:
 
 def _corpus_texts() -> list[str]:
     """Every string of the shipped tiny mixtures, in a fixed order."""
-    texts = []
+    texts, seen = [], set()
     for mixture in TOKENIZER_CORPUS:
         for source in load_mixture_spec(resolve_path(mixture)).sources:
+            if source.path in seen:  # a file both mixtures read (the tasks' train split) counts once
+                continue
+            seen.add(source.path)
             for row in read_source_rows(source):
                 for message in row["messages"]:
                     texts.append(message["content"])
@@ -235,7 +250,8 @@ def build_tiny_suite(output_dir: str | Path, seed: int = 0, force: bool = False)
         model.save_pretrained(tmp / name)
         tokenizer.save_pretrained(tmp / name)
     (tmp / "tiny_suite.json").write_text(json.dumps(
-        {"seed": seed, "vocab_size": vocab_size, "models": list(builders), "warm_up_steps": WARM_UP_STEPS}, indent=2))
+        {"seed": seed, "vocab_size": vocab_size, "models": list(builders), "warm_up_steps": WARM_UP_STEPS,
+         "warm_up_task_share": WARM_UP_TASK_SHARE}, indent=2))
 
     if output_dir.exists():
         shutil.rmtree(output_dir)

@@ -24,7 +24,7 @@ def test_the_shipped_data_holds_no_eval_prompt():
     from posttrain.data.mixture import load_mixture_spec, read_source_rows
 
     held_out = {e.prompt for task in TASKS for e in examples(task, "eval")}
-    sources = [s for name in ("sft_tiny", "opd_tiny") for s in load_mixture_spec(f"data_mixtures/{name}.yaml").sources]
+    sources = [s for name in ("sft_tiny", "opd_tiny", "opd_tiny_card") for s in load_mixture_spec(f"data_mixtures/{name}.yaml").sources]
     assert {s.path.name for s in sources} >= {"tasks.jsonl", "math.jsonl", "multilingual.jsonl"}
     for source in sources:
         for row in read_source_rows(source):
