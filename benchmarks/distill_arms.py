@@ -89,3 +89,29 @@ VARIANTS = [
     Arm("v_forward_lr1e-2_cosine", "topk_jsd, beta 0, lr 1e-2, warm-up 10, cosine to 1e-3", "opd",
         (*FORWARD, "optim.lr=1e-2", "optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr=1e-3")),
 ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The card's regime (`--regime after-sft`): from a student SFT'd on the teacher's answers to its plateau.
+# The benchmark's base OPD schedule there is the card's lr ratio: a constant lr equal to the plateau SFT's final
+# lr, no warm-up (the card: SFT 1e-5 → 1e-6, then OPD at 1e-6); continued seqKD trains at that same constant lr.
+# Every arm runs with two rollout / data-order seeds.
+# --------------------------------------------------------------------------------------------------
+
+SEEDS = (0, 1)
+
+
+def seeded(key: str, label: str, kind: str, overrides: tuple[str, ...]) -> list[Arm]:
+    return [Arm(f"{key}_seed{s}", f"{label}, seed {s}", kind, (*overrides, f"trainer.seed={s}")) for s in SEEDS]
+
+
+AFTER_SFT_CONFIGS = [  # (key, label, kind, overrides): each run once per seed in SEEDS
+    ("seqkd", "continued sequence-level KD (SFT on the teacher's answers, constant lr = the SFT's final lr)", "seqkd", ()),
+    ("opd_sampled_card", "OPD sampled (the card's mode) at the card's lr ratio (constant lr = the SFT's final lr)", "opd",
+     CARD),
+    ("opd_sampled_tiny", ("OPD sampled (the card's mode) at the tiny config's schedule (lr 3e-3, warm-up 10, cosine "
+                          "to 3e-4)"), "opd", (*CARD, *SCHEDULE)),
+    ("opd_forward_card", "OPD recommended (topk_jsd, beta 0) at the card's lr ratio", "opd", FORWARD),
+    ("opd_forward_tiny", "OPD recommended (topk_jsd, beta 0) at the tiny config's schedule", "opd", (*FORWARD, *SCHEDULE)),
+]
+AFTER_SFT_ARMS = [arm for key, label, kind, overrides in AFTER_SFT_CONFIGS for arm in seeded(key, label, kind, overrides)]

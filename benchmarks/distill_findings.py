@@ -182,3 +182,98 @@ def noise(summary: dict, gap: dict) -> str:
                                                                       for t in summary["tasks"]) for a, b in pairs)
             + f". The gap closed moves by up to {max(diffs) * 100:.0f} points (mean {sum(diffs) / len(diffs) * 100:.0f}) "
             "from the seed alone: a difference between two single runs smaller than that is not a finding.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The card's regime (`--regime after-sft`)
+# --------------------------------------------------------------------------------------------------
+
+CARD_KEY, REC_CARD, REC_TINY, CARD_TINY, SEQKD = (
+    "opd_sampled_card", "opd_forward_card", "opd_forward_tiny", "opd_sampled_tiny", "seqkd")
+
+
+def after_sft_findings(summary: dict) -> str:
+    """The verdict for the card's estimator in the card's regime, from the numbers: gap closed of what was left
+    after the plateau, mean of the two seeds (each seed in brackets), against the recommended mode and seqKD."""
+    from benchmarks.distill_report import SHORT, config_stats, configs
+
+    ran = dict(configs(summary))
+    if not {CARD_KEY, SEQKD} <= ran.keys():
+        return "**Result.** (the regime's arms have not all run yet)"
+    stats = {key: config_stats(summary, key) for key in ran}
+    fmt = lambda k: (f"{stats[k]['gap_mean']:+.0%} (seeds {', '.join(f'{g:+.0%}' for g in stats[k]['gap'])})")  # noqa: E731
+    left = sum(summary["teacher"]["tasks"][t]["accuracy"] - summary["start"]["tasks"][t]["accuracy"]
+               for t in summary["tasks"]) / len(summary["tasks"])
+
+    def overlap(a: str, b: str) -> bool:
+        """The two configurations' seeds overlap (each one's range, min to max over its seeds, meets the other's)."""
+        return min(stats[a]["gap"]) <= max(stats[b]["gap"]) and min(stats[b]["gap"]) <= max(stats[a]["gap"])
+
+    def versus(a: str, b: str) -> str:
+        """beats / ties / loses: where the two seed ranges overlap, a tie (two seeds are all the noise measured)."""
+        diff = stats[a]["gap_mean"] - stats[b]["gap_mean"]
+        word = "ties with" if overlap(a, b) else ("beats" if diff > 0 else "loses to")
+        return f"{word} {SHORT.get(b, b)} ({fmt(b)}; {diff * 100:+.0f} points of the gap)"
+
+    ranked = sorted(stats, key=lambda k: stats[k]["gap_mean"], reverse=True)
+    best = ranked[0]
+    lines = [f"**Verdict for the card's estimator after SFT.** What was left after the plateau: {left * 100:.1f} points of "
+             f"mean accuracy (plateau {sum(summary['start']['tasks'][t]['accuracy'] for t in summary['tasks']) / len(summary['tasks']):.3f}, "
+             f"teacher {sum(summary['teacher']['tasks'][t]['accuracy'] for t in summary['tasks']) / len(summary['tasks']):.3f}). "
+             f"OPD sampled (the card's mode) at the card's lr ratio closes {fmt(CARD_KEY)} of it; it "
+             + "; it ".join(versus(CARD_KEY, k) for k in (REC_CARD, REC_TINY, SEQKD) if k in stats) + ".", "",
+             "**Ranking** by gap closed of what was left (mean of the two seeds): "
+             + "; ".join(f"{i + 1}. {SHORT.get(k, k)} {fmt(k)}" for i, k in enumerate(ranked))
+             + f". Best: **{SHORT.get(best, best)}**"
+             + ("" if len(ranked) < 2 or not overlap(best, ranked[1])
+                else f", its seeds overlapping {SHORT.get(ranked[1], ranked[1])}'s") + ". (A tie: the two "
+             "configurations' seed ranges overlap.) " + eval_noise(summary, left)]
+    segments = summary["plateau"]["segments"]
+    peak = max(segments, key=lambda seg: sum(seg["accuracy"].values()))
+    if peak is not segments[-1] and SEQKD in stats:
+        m = lambda seg: sum(seg["accuracy"].values()) / len(seg["accuracy"])  # noqa: E731
+        lines += ["", (f"**The plateau.** The plateau SFT peaked at segment {peak['segment']} ({peak['steps']} steps, "
+                       f"mean {m(peak):.3f}) and stopped after segment {segments[-1]['segment']} ({m(segments[-1]):.3f}): "
+                       f"the stopping rule's start is {(m(peak) - m(segments[-1])) * 100:.1f} points below the best "
+                       "segment (each segment restarts at lr 3e-3). Continued seqKD at the constant lr "
+                       f"{summary['plateau']['final_lr']:g} reaches {sum(stats[SEQKD]['mean']) / len(stats[SEQKD]['mean']):.3f}"
+                       f" (seeds {', '.join(f'{x:.3f}' for x in stats[SEQKD]['mean'])}): "
+                       + ("above the best segment too, so it is not only winning back that dip."
+                          if min(stats[SEQKD]["mean"]) > m(peak) else
+                          "partly winning back that dip, which a start at the best segment would not leave."))]
+    if CARD_TINY in stats:
+        lines += ["", (f"**The schedule.** At the tiny config's schedule (lr 3e-3, warm-up, cosine) the card's mode closes "
+                       f"{fmt(CARD_TINY)} and the recommended mode {fmt(REC_TINY) if REC_TINY in stats else '–'}; at the "
+                       f"card's lr ratio (constant {summary['plateau']['final_lr']:g}) {fmt(CARD_KEY)} and "
+                       f"{fmt(REC_CARD) if REC_CARD in stats else '–'}.")]
+    kls = {k: curve_kl(s["runs"][0]) for k, s in stats.items() if s["runs"][0]["spec"]["kind"] == "opd"}
+    if kls:
+        lines += ["", "**Reverse KL on the student's own samples** (seed 0; step 1 → peak over the first 10 steps → mean of "
+                  "the last 10): " + "; ".join(f"{SHORT.get(k, k)} {a:.3f} → {p:.3f} → {b:.3f}" for k, (a, p, b) in kls.items())
+                  + f". At the plateau the student's reverse KL to the teacher on its own samples is "
+                  f"{summary['start'].get('teacher_kl', {}).get('reverse_kl', float('nan')):.3f} nats per token "
+                  "(the from-scratch start: 2.548)."]
+    g = summary.get("gradients")
+    if g:
+        rows = "; ".join(f"{name} {r['cosine']:.2f} (x{g['batches']} batch {r['cosine_summed']:.2f})"
+                         for name, r in g["estimators"].items())
+        lines += ["", (f"**Gradient cosine at the plateau start** (`benchmarks/distill_gradients.py --student plateau`: "
+                       f"each estimator's gradient against the exact full-vocabulary reverse KL's, {g['batches']} batches of "
+                       f"{g['prompts']} prompts x 2 samples): {rows}. At the from-scratch start the card's estimator was at "
+                       "0.39 (x4 batch 0.51) and topk at 0.93.")]
+    return "\n".join(lines)
+
+
+def eval_noise(summary: dict, left: float) -> str:
+    """The eval set's standard error on the mean accuracy over the tasks, at the plateau's accuracy, in points of
+    accuracy and as a share of what was left."""
+    tasks = summary["tasks"]
+    var = sum(r["accuracy"] * (1 - r["accuracy"]) / max(1, r["n"])
+              for r in (summary["start"]["tasks"][t] for t in tasks)) / len(tasks) ** 2
+    se = var ** 0.5
+    counts = " and ".join(str(summary["start"]["tasks"][t]["n"]) for t in tasks)
+    return (f"The eval set's standard error on the mean accuracy over the tasks is about {se * 100:.1f} points at the "
+            f"plateau's accuracy ({counts} prompts), i.e. "
+            f"{se / max(1e-9, left):.0%} of what was left: differences in gap closed smaller than about twice that "
+            "are within the evaluation's own noise (every arm is scored on the same prompts, so it is an upper bound "
+            "for differences between arms).")

@@ -10,6 +10,7 @@ and the gradient norm. One-shot and in-process (the workers' own classes, the lo
 
     python benchmarks/distill_gradients.py                    # after benchmarks/distill_quality.py made the models
     python benchmarks/distill_gradients.py --batches 4 --json runs/distill_quality/gradients.json
+    python benchmarks/distill_gradients.py --work-dir runs/distill_quality_after_sft --student plateau   # after SFT
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def parse_args():
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--json", default="", help="also write the numbers here")
+    p.add_argument("--student", default="student_start",
+                   help="the student's directory under WORK_DIR (its base.json): student_start (the from-scratch "
+                        "regime's start) or plateau (the after-sft regime's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args()
 
 
@@ -100,7 +105,9 @@ def main() -> int:
 
     args = parse_args()
     work = Path(args.work_dir)
-    student = Path(json.loads((work / "student_start" / "base.json").read_text())["model"])
+    student = Path(json.loads((work / args.student / "base.json").read_text())["model"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     teacher = Path(json.loads((work / "teacher" / "base.json").read_text())["model"])
     threads = torch.get_num_threads()
     tokenizer = AutoTokenizer.from_pretrained(student)
@@ -132,7 +139,7 @@ def main() -> int:
     for name, r in rows.items():
         print(f"| {name} | {r['cosine']:.2f} | {r['cosine_summed']:.2f} | {r['grad_norm']:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"batches": args.batches, "prompts": args.prompts, "estimators": rows,
+        Path(args.json).write_text(json.dumps({"student": str(student), "teacher": str(teacher), "batches": args.batches, "prompts": args.prompts, "estimators": rows,
                                                "exact_grad_norm": sum(norms[None]) / len(norms[None])}, indent=1))
     return 0
 

@@ -21,6 +21,17 @@ mistake changes what follows).
     python benchmarks/distill_quality.py --variants     # and every option tried (the lab log; hours)
     python benchmarks/distill_quality.py --arms opd_sampled,seqkd --budget-steps 60   # a quick look
     python benchmarks/distill_quality.py --docs-only    # re-render the docs from the results
+    python benchmarks/distill_quality.py --regime after-sft   # the card's regime (below; ~15 min on one core)
+
+`--regime after-sft` measures the card's regime instead: the student is first SFT'd on the teacher's greedy
+answers to the train prompts (the seqKD mixture) until its held-out accuracy plateaus (`plateau_student`: segments
+of 100 steps, each a cosine cycle from lr 3e-3 to 3e-4, evaluated after each; it stops at the first segment whose
+mean accuracy over the tasks gains < 2 points, or after 6), then, from that plateau and at equal total FLOPs (60
+steps of the card's OPD shape), continued sequence-level KD and OPD in the card's mode (`sampled`) and the
+recommended mode (`topk_jsd`, beta 0), each at the card's lr ratio (a constant lr = the plateau SFT's final lr)
+and at the tiny config's schedule, two seeds each (`benchmarks/distill_arms.py`'s AFTER_SFT_ARMS). Gap closed is
+measured against what is left: (arm − plateau) / (teacher − plateau). Its results are also kept in
+docs/data/distill_after_sft.json, from which `--docs-only` re-renders the page.
 
 Each arm's run directory holds its result (`arm.json`, with the spec it was run with); a rerun reuses
 every arm whose spec is unchanged, so an interrupted benchmark resumes where it stopped. Writes
@@ -45,18 +56,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from benchmarks.distill_arms import ARMS, RECOMMENDED, VARIANTS, Arm  # noqa: E402
-from benchmarks.distill_report import plot, print_table, write_docs  # noqa: E402
+from benchmarks.distill_arms import (  # noqa: E402
+    AFTER_SFT_ARMS,
+    AFTER_SFT_CONFIGS,
+    ARMS,
+    RECOMMENDED,
+    VARIANTS,
+    Arm,
+)
+from benchmarks.distill_report import (  # noqa: E402
+    after_sft_table,
+    print_table,
+    save_regime,
+    write_page,
+)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work-dir", default="runs/distill_quality")
+    p.add_argument("--regime", choices=("from-scratch", "after-sft"), default="from-scratch",
+                   help="from-scratch: every arm from a briefly SFT'd (weak) student; after-sft: from a student SFT'd on "
+                        "the teacher's answers to its plateau (the card's regime)")
+    p.add_argument("--work-dir", default=None,
+                   help="default: runs/distill_quality (from-scratch), runs/distill_quality_after_sft (after-sft)")
+    p.add_argument("--models-dir", default=str(ROOT / "models" / "tiny"),
+                   help="the tiny suite (student, teacher-moe, tokenizer), built there if missing")
     p.add_argument("--tasks", default="addition,chain", help="the verifiable tasks trained on and scored")
     p.add_argument("--teacher-steps", type=int, default=400)
     p.add_argument("--student-start-steps", type=int, default=150)
-    p.add_argument("--budget-steps", type=int, default=200,
-                   help="the FLOPs budget of every arm: this many steps of the card's OPD shape (prompts x samples)")
+    p.add_argument("--budget-steps", type=int, default=None,
+                   help="the FLOPs budget of every arm: this many steps of the card's OPD shape (prompts x samples); "
+                        "default 200 (from-scratch), 60 (after-sft)")
+    p.add_argument("--plateau-segment-steps", type=int, default=100, help="after-sft: SFT steps between evaluations")
+    p.add_argument("--plateau-max-segments", type=int, default=6, help="after-sft: the plateau SFT's cap")
+    p.add_argument("--plateau-min-gain", type=float, default=0.02,
+                   help="after-sft: stop once a segment gains less than this in mean accuracy over the tasks")
     p.add_argument("--opd-lr", type=float, default=1e-3)
     p.add_argument("--sft-lr", type=float, default=1e-3, help="lr of the SFT-based arms from the student start")
     p.add_argument("--prompts-per-step", type=int, default=32)
@@ -69,8 +103,15 @@ def parse_args(argv=None):
     p.add_argument("--arms", default="", help="comma-separated arm keys, run in that order (default: the table's arms)")
     p.add_argument("--variants", action="store_true", help="also run every variant of the lab log")
     p.add_argument("--no-docs", action="store_true")
-    p.add_argument("--docs-only", action="store_true", help="re-render docs/ from WORK_DIR/results.json")
-    return p.parse_args(argv)
+    p.add_argument("--docs-only", action="store_true",
+                   help="re-render docs/ (from WORK_DIR/results.json where it exists, else from docs/data/)")
+    args = p.parse_args(argv)
+    after = args.regime == "after-sft"
+    if args.work_dir is None:
+        args.work_dir = "runs/distill_quality_after_sft" if after else "runs/distill_quality"
+    if args.budget_steps is None:
+        args.budget_steps = 60 if after else 200
+    return args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,7 +252,7 @@ def opd(student: Path, teacher: Path, mixture: Path, out: Path, steps: int, args
         f"optim.lr={args.opd_lr}", "optim.schedule=constant", "optim.warmup_steps=0",
         f"rollout.prompts_per_step={args.prompts_per_step}",
         f"rollout.samples_per_prompt={args.samples_per_prompt}", f"rollout.max_new_tokens={args.max_new_tokens}",
-        f"output_dir={out}", f"eval.every={max(1, steps // 4)}", "eval.limit=64", f"eval.tasks=[{','.join(tasks)}]",
+        f"output_dir={out}", f"eval.every={max(1, steps // 4)}", f"eval.limit={in_loop_eval_limit(args)}", f"eval.tasks=[{','.join(tasks)}]",
         f"eval.max_new_tokens={args.max_new_tokens}", f"checkpoint.every={steps}", "checkpoint.keep=1",
         "logging.progress_bar=false", "logging.tensorboard=false", "logging.every=25", *threads(("trainer", "rollout", "teacher")), *overrides])
     cfg.teachers = [TeacherStage(str(teacher), steps)]
@@ -220,6 +261,12 @@ def opd(student: Path, teacher: Path, mixture: Path, out: Path, steps: int, args
     trained = [r for r in rows if "tokens" in r]  # the in-loop evaluation at step 0 has a row of its own
     return {"model": str(final), "tokens": sum(r["tokens"] for r in trained), "steps": len(trained),
             "wall_s": time.perf_counter() - started, "curve": curve(rows)}
+
+
+def in_loop_eval_limit(args) -> int:
+    """The OPD runs' in-loop evaluation: 64 prompts per task from scratch; after SFT the final evaluation's own
+    prompts (`--eval-limit`), so the plot's in-loop points and end points are the same measurement."""
+    return args.eval_limit if args.regime == "after-sft" else 64
 
 
 def curve(rows: list[dict]) -> list[dict]:
@@ -249,6 +296,8 @@ class Setup:
     flops: Flops
     budget: float  # total FLOPs of every arm
     opd_tokens_per_prompt: float  # prompt + response tokens of one sample, at the student start
+    # after-sft: the teacher's answers the plateau was SFT'd on (already paid for: continued seqKD reuses them)
+    seqkd_mix: Path | None = None
 
 
 def opd_steps(setup: Setup, overrides: tuple[str, ...]) -> int:
@@ -294,7 +343,12 @@ def train_arm(arm: Arm, setup: Setup, out: Path) -> tuple[dict, dict]:
                   arm.overrides, setup.tasks)
         return run, f.opd(run["tokens"])
     batch = 32
-    if arm.kind == "seqkd":
+    if arm.kind == "seqkd" and setup.seqkd_mix is not None:
+        # Continued seqKD: the answers exist (the plateau was trained on them), so no teacher FLOPs; the SFT's seed
+        # is the data order's (the mixture's), which `trainer.seed` does not set.
+        seed = next((int(o.partition("=")[2]) for o in arm.overrides if o.startswith("trainer.seed=")), 0)
+        mixture, teacher_tokens = reseeded(setup.seqkd_mix, seed), 0
+    elif arm.kind == "seqkd":
         mixture, teacher_tokens = write_seqkd_mixture(setup.teacher, setup.train_examples, out.parent / "data",
                                                       args.max_new_tokens)
     else:
@@ -302,8 +356,81 @@ def train_arm(arm: Arm, setup: Setup, out: Path) -> tuple[dict, dict]:
     per_step = batch * mean_tokens_per_example(mixture, setup.student)
     left = setup.budget - sum(f.sft(0, teacher_tokens).values())
     steps = max(1, round(left / sum(f.sft(per_step).values())))
-    run = sft(setup.student, mixture, out, steps, lr=args.sft_lr, batch=batch, warmup=0, extra=arm.overrides)
+    constant = ("optim.schedule=constant",) if setup.seqkd_mix is not None else ()  # after-sft: the SFT's final lr
+    run = sft(setup.student, mixture, out, steps, lr=args.sft_lr, batch=batch, warmup=0, extra=(*constant, *arm.overrides))
     return run, f.sft(run["tokens"], teacher_tokens)
+
+
+def reseeded(mixture: Path, seed: int) -> Path:
+    """The same one-source mixture with its data order's seed set to `seed` (a sibling yaml)."""
+    if seed == 0:
+        return mixture
+    path = mixture.with_name(f"{mixture.stem}_seed{seed}.yaml")
+    path.write_text(mixture.read_text().replace("seed: 0\n", f"seed: {seed}\n", 1))
+    return path
+
+
+def seqkd_data(teacher: Path, train_examples: list, work: Path, max_new_tokens: int, log) -> tuple[Path, int]:
+    """`write_seqkd_mixture`, kept under WORK_DIR/seqkd for the next run (the teacher's greedy answers)."""
+    out = work / "seqkd"
+    spec = {"teacher": str(teacher), "examples": len(train_examples), "max_new_tokens": max_new_tokens}
+    cached = out / "seqkd.json"
+    if cached.exists() and json.loads(cached.read_text())["spec"] == spec:
+        return out / "seqkd_sft.yaml", json.loads(cached.read_text())["teacher_tokens"]
+    log(f"seqKD data: the teacher's greedy answers to the {len(train_examples)} train prompts")
+    mixture, teacher_tokens = write_seqkd_mixture(teacher, train_examples, out, max_new_tokens)
+    cached.write_text(json.dumps({"spec": spec, "teacher_tokens": teacher_tokens}))
+    return mixture, teacher_tokens
+
+
+PLATEAU_LR, PLATEAU_MIN_LR = 3e-3, 3e-4  # each plateau segment: warm-up 5 steps, cosine from 3e-3 to 3e-4
+
+
+def plateau_student(model: Path, mixture: Path, args, work: Path, tasks: list[str], log) -> dict:
+    """The card's SFT stage: the student SFT'd on the teacher's answers until its held-out accuracy plateaus.
+
+    Stopping rule: SFT in segments of `--plateau-segment-steps` (100) steps, each a fresh cosine cycle from lr 3e-3
+    (5 warm-up steps) to 3e-4 (warm restarts, so every evaluated model sits at the bottom of a decay, and the SFT's
+    final lr is 3e-4), each segment's data in another order (mixture seed = the segment's index); after each, greedy
+    accuracy on the held-out eval split (`--eval-limit` per task); stop after the first segment whose mean accuracy
+    over the tasks gains less than `--plateau-min-gain` (2 points) on the previous one, or after
+    `--plateau-max-segments` (6). The plateau student is the last segment's model. Cached like `base_model`."""
+    from posttrain.eval.run import evaluate
+
+    out = work / "plateau"
+    spec = {"model": str(model), "mixture": (mixture.parent / "seqkd_sft.jsonl").stat().st_size, "tasks": tasks,
+            "segment_steps": args.plateau_segment_steps, "max_segments": args.plateau_max_segments,
+            "min_gain": args.plateau_min_gain, "lr": [PLATEAU_LR, PLATEAU_MIN_LR], "eval_limit": args.eval_limit,
+            "max_new_tokens": args.max_new_tokens}
+    cached = out / "base.json"
+    if cached.exists() and json.loads(cached.read_text())["spec"] == spec:
+        return json.loads(cached.read_text())
+
+    def score(path) -> dict:
+        result = evaluate(str(path), tasks, limit=args.eval_limit, seed=0, max_new_tokens=args.max_new_tokens)
+        return {t: result["tasks"][t]["accuracy"] for t in tasks}
+
+    started = time.perf_counter()
+    segments = [{"segment": 0, "steps": 0, "tokens": 0, "accuracy": score(model)}]
+    log(f"plateau: {model.name} before SFT: {segments[0]['accuracy']}")
+    mean = lambda seg: sum(seg["accuracy"].values()) / len(tasks)  # noqa: E731
+    current = model
+    for k in range(1, args.plateau_max_segments + 1):
+        run = sft(current, reseeded(mixture, k), out / f"segment{k}", args.plateau_segment_steps, lr=PLATEAU_LR,
+                  extra=(f"optim.min_lr={PLATEAU_MIN_LR}",))
+        current = Path(run["model"])
+        segments.append({"segment": k, "steps": segments[-1]["steps"] + run["steps"],
+                         "tokens": segments[-1]["tokens"] + run["tokens"], "accuracy": score(current),
+                         "model": str(current), "wall_s": run["wall_s"]})
+        gain = mean(segments[-1]) - mean(segments[-2])
+        log(f"plateau: segment {k} ({segments[-1]['steps']} steps): {segments[-1]['accuracy']}, mean gain {gain:+.3f}")
+        if gain < args.plateau_min_gain:
+            break
+    entry = {"spec": spec, "model": str(current), "steps": segments[-1]["steps"], "tokens": segments[-1]["tokens"],
+             "final_lr": PLATEAU_MIN_LR, "segments": segments, "stopped": "plateau" if gain < args.plateau_min_gain
+             else "cap", "wall_s": time.perf_counter() - started}
+    cached.write_text(json.dumps(entry, indent=1))
+    return entry
 
 
 def base_model(name: str, model: Path, setup_args, work: Path, sft_mix: Path, steps: int, log) -> Path:
@@ -326,9 +453,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
     if args.docs_only:
-        summary = json.loads((work / "results.json").read_text())
-        write_docs(summary, ROOT / "docs")
-        plot(summary, ROOT / "docs" / "distillation_quality.png")
+        if (work / "results.json").exists():
+            save_regime(json.loads((work / "results.json").read_text()))
+        write_page(ROOT / "docs")
         return 0
     import ray
 
@@ -347,9 +474,11 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     log = lambda msg: print(f"[distill_quality {time.perf_counter() - began:6.0f}s] {msg}", flush=True)  # noqa: E731
     tasks = [t for t in args.tasks.split(",") if t]
-    models = build_tiny_suite(ROOT / "models" / "tiny")
+    models = build_tiny_suite(Path(args.models_dir).resolve())
     sft_mix, opd_mix, train_examples = task_mixtures(tasks, work / "data")
     init_ray(RayConfig())
+    if args.regime == "after-sft":
+        return after_sft(args, work, tasks, models, sft_mix, opd_mix, train_examples, log, began)
     try:
         teacher = base_model("teacher", models["teacher-moe"], args, work, sft_mix, args.teacher_steps, log)
         student = base_model("student_start", models["student"], args, work, sft_mix, args.student_start_steps, log)
@@ -360,7 +489,7 @@ def main(argv=None) -> int:
         ray.shutdown()
     results["teacher"] = cached_eval(work / "teacher", teacher, None, args, tasks, log)
     results["start"] = cached_eval(work / "student_start", student, teacher, args, tasks, log)
-    summary = {"args": vars(args), "tasks": tasks, "budget": setup.budget, "flops_per_token": asdict(setup.flops),
+    summary = {"regime": "from-scratch", "args": vars(args), "tasks": tasks, "budget": setup.budget, "flops_per_token": asdict(setup.flops),
                "recommended": RECOMMENDED, "labels": {a.key: a.label for a in ARMS + VARIANTS},
                "variant_keys": [a.key for a in VARIANTS], "total_wall_s": time.perf_counter() - began, **results}
     previous = work / "results.json"
@@ -370,10 +499,69 @@ def main(argv=None) -> int:
     previous.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     print("\n" + print_table(summary))
     if not args.no_docs:
-        write_docs(summary, ROOT / "docs")
-        plot(summary, ROOT / "docs" / "distillation_quality.png")
+        save_regime(summary)
+        write_page(ROOT / "docs")
     log(f"done; results in {previous}")
     return 0
+
+
+def after_sft(args, work: Path, tasks: list[str], models: dict, sft_mix: Path, opd_mix: Path, train_examples: list,
+              log, began: float) -> int:
+    """The card's regime: teacher → plateau student (SFT on the teacher's answers) → the AFTER_SFT_ARMS at equal FLOPs."""
+    import ray
+
+    try:
+        teacher = base_model("teacher", models["teacher-moe"], args, work, sft_mix, args.teacher_steps, log)
+        seqkd_mix, seqkd_teacher_tokens = seqkd_data(teacher, train_examples, work, args.max_new_tokens, log)
+        plateau = plateau_student(models["student"], seqkd_mix, args, work, tasks, log)
+        # The card's lr ratio: OPD (and continued seqKD) at a constant lr = the plateau SFT's final lr.
+        args.opd_lr = args.sft_lr = plateau["final_lr"]
+        student = Path(plateau["model"])
+        setup = make_setup(args, work, tasks, teacher, student, seqkd_mix, opd_mix, train_examples)
+        setup.seqkd_mix = seqkd_mix
+        chosen = [a for a in AFTER_SFT_ARMS if not args.arms or a.key in args.arms.split(",")]
+        results = {"arms": {a.key: run_arm(a, setup, log) for a in chosen}}
+    finally:
+        ray.shutdown()
+    results["teacher"] = cached_eval(work / "teacher", teacher, None, args, tasks, log)
+    results["start"] = cached_eval(work / "plateau", student, teacher, args, tasks, log)
+    results["gradients"] = plateau_gradients(work, log)
+    suite = Path(args.models_dir).resolve()
+    summary = {"regime": "after-sft", "args": vars(args), "tasks": tasks, "budget": setup.budget,
+               "flops_per_token": asdict(setup.flops), "labels": {a.key: a.label for a in AFTER_SFT_ARMS},
+               "configs": [list(c[:3]) for c in AFTER_SFT_CONFIGS],
+               "plateau": {k: v for k, v in plateau.items() if k != "spec"},
+               "seqkd_teacher_tokens": seqkd_teacher_tokens,
+               "suite": {"dir": str(suite), "tiny_suite.json": json.loads((suite / "tiny_suite.json").read_text())
+                         if (suite / "tiny_suite.json").exists() else None},
+               "date": time.strftime("%Y-%m-%d"), "total_wall_s": time.perf_counter() - began, **results}
+    path = work / "results.json"
+    if path.exists() and args.arms:  # a partial run adds to the last full one
+        summary["arms"] = {**json.loads(path.read_text()).get("arms", {}), **summary["arms"]}
+    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    print("\n" + after_sft_table(summary))
+    if not args.no_docs:
+        save_regime(summary)
+        write_page(ROOT / "docs")
+    log(f"done; results in {path}")
+    return 0
+
+
+def plateau_gradients(work: Path, log) -> dict | None:
+    """`benchmarks/distill_gradients.py` at the plateau start (the estimators' cosine with the exact reverse KL's
+    gradient), kept in WORK_DIR/gradients.json; in a subprocess, at the benchmark's thread count."""
+    import subprocess
+
+    path = work / "gradients.json"
+    spec = json.loads((work / "plateau" / "base.json").read_text())["model"]
+    if path.exists() and json.loads(path.read_text()).get("student") == spec:
+        return json.loads(path.read_text())
+    log("gradients: the estimators' cosine at the plateau start")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "distill_gradients.py"), "--work-dir", str(work),
+           "--student", "plateau", "--json", str(path)] + (["--threads", str(THREADS["n"])] if THREADS["n"] else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    print(done.stdout[-3000:], done.stderr[-3000:] if done.returncode else "", flush=True)
+    return json.loads(path.read_text()) if done.returncode == 0 and path.exists() else None
 
 
 def cached_eval(where: Path, model: Path, teacher: Path | None, args, tasks: list[str], log) -> dict:

@@ -57,7 +57,7 @@ WARM_UP_BATCH = 32
 WARM_UP_LR = 3e-3
 # Of each warm-up batch, this share is drawn from the verifiable tasks' train split (the SFT mixture's `tasks`
 # source), the rest from the whole SFT mixture: the teachers are then clearly better than the SFT'd student on
-# the held-out addition the demo measures (teacher-moe 0.79, teacher-next 0.87, the student 0.14 after SFT;
+# the held-out addition the demo measures (teacher-moe 0.61, teacher-next 0.87, the student 0.14 after SFT;
 # 2026-12-05), as the card's teachers are where its student is weak. Drawn uniformly, 80/200 steps left the
 # first teacher no better than the student (0.09 both).
 WARM_UP_TASK_SHARE = 0.75
