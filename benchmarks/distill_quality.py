@@ -492,16 +492,21 @@ def main(argv=None) -> int:
     summary = {"regime": "from-scratch", "args": vars(args), "tasks": tasks, "budget": setup.budget, "flops_per_token": asdict(setup.flops),
                "recommended": RECOMMENDED, "labels": {a.key: a.label for a in ARMS + VARIANTS},
                "variant_keys": [a.key for a in VARIANTS], "total_wall_s": time.perf_counter() - began, **results}
-    previous = work / "results.json"
-    if previous.exists() and args.arms:  # a partial run adds to the last full one
-        old = json.loads(previous.read_text())
-        summary["arms"] = {**old.get("arms", {}), **summary["arms"]}
-    previous.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
-    print("\n" + print_table(summary))
+    return finish(summary, work, args, print_table, log)
+
+
+def finish(summary: dict, work: Path, args, table, log) -> int:
+    """Either regime's end: WORK_DIR/results.json (a partial run adds its arms to the last full one's), the
+    table printed, and the page re-rendered unless --no-docs."""
+    path = work / "results.json"
+    if path.exists() and args.arms:
+        summary["arms"] = {**json.loads(path.read_text()).get("arms", {}), **summary["arms"]}
+    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    print("\n" + table(summary))
     if not args.no_docs:
         save_regime(summary)
         write_page(ROOT / "docs")
-    log(f"done; results in {previous}")
+    log(f"done; results in {path}")
     return 0
 
 
@@ -535,16 +540,7 @@ def after_sft(args, work: Path, tasks: list[str], models: dict, sft_mix: Path, o
                "suite": {"dir": str(suite), "tiny_suite.json": json.loads((suite / "tiny_suite.json").read_text())
                          if (suite / "tiny_suite.json").exists() else None},
                "date": time.strftime("%Y-%m-%d"), "total_wall_s": time.perf_counter() - began, **results}
-    path = work / "results.json"
-    if path.exists() and args.arms:  # a partial run adds to the last full one
-        summary["arms"] = {**json.loads(path.read_text()).get("arms", {}), **summary["arms"]}
-    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
-    print("\n" + after_sft_table(summary))
-    if not args.no_docs:
-        save_regime(summary)
-        write_page(ROOT / "docs")
-    log(f"done; results in {path}")
-    return 0
+    return finish(summary, work, args, after_sft_table, log)
 
 
 def plateau_gradients(work: Path, log) -> dict | None:
