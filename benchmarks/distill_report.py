@@ -14,8 +14,7 @@ def accuracy(result: dict, task: str) -> float:
 
 def gap_closed(summary: dict, result: dict, task: str) -> float:
     """(arm − student start) / (teacher − student start), on the task's held-out accuracy."""
-    start, teacher = accuracy(summary["start"], task), accuracy(summary["teacher"], task)
-    return (accuracy(result, task) - start) / max(1e-9, teacher - start)
+    return gap_left(summary, accuracy(result, task), task)
 
 
 def row(summary: dict, label: str, result: dict, arm: dict | None) -> str:

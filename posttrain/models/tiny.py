@@ -122,12 +122,9 @@ def _warm_up_loop(model, tokenizer, examples, tasks, steps: int, seed: int) -> f
 
 def _corpus_texts() -> list[str]:
     """Every string of the shipped tiny mixtures, in a fixed order."""
-    texts, seen = [], set()
+    texts = []
     for mixture in TOKENIZER_CORPUS:
         for source in load_mixture_spec(resolve_path(mixture)).sources:
-            if source.path in seen:  # a file both mixtures read (the tasks' train split) counts once
-                continue
-            seen.add(source.path)
             for row in read_source_rows(source):
                 for message in row["messages"]:
                     texts.append(message["content"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from statistics import fmean
 from pathlib import Path
 
 from posttrain.config import OPDConfig, SFTConfig, load_config
@@ -89,19 +90,14 @@ def add_accuracy(rows: list[dict], before_sft: dict[str, float], opd_dir: Path,
         if not (before and after):
             continue
         tasks = [task for task in after if task in before]
-        row["before"], row["after"] = mean(before[t] for t in tasks), mean(after[t] for t in tasks)
+        row["before"], row["after"] = fmean(before[t] for t in tasks), fmean(after[t] for t in tasks)
         row["accuracy"] = f"{row['before']:.2f} → {row['after']:.2f}" + (
             f" ({', '.join(f'{t} {before[t]:.2f} → {after[t]:.2f}' for t in tasks)})" if len(tasks) > 1 else "")
         teacher = (teachers or {}).get(row.get("teacher", ""))
         if teacher:
-            row["teacher_accuracy"] = mean(teacher[t] for t in tasks)
+            row["teacher_accuracy"] = fmean(teacher[t] for t in tasks)
             gap = row["teacher_accuracy"] - row["before"]
             row["gap_closed"] = (row["after"] - row["before"]) / gap if gap > 0 else None
-
-
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def _records(run_dir: Path) -> list[dict]:
